@@ -1,0 +1,51 @@
+"""autotl: AutoML for transfer learning.
+
+The public API. Importing it is cheap (no torch), so ``autotl --help`` answers fast.
+
+    from autotl import hookimpl, SourceModel, TargetAdapter
+
+    @hookimpl
+    def autotl_register_source_models(register):
+        register(SourceModel(name="acme/net", build=make_my_net))
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (AutotlError, ConfigError, DataError, ModelError, PluginError, RegistryError, SpaceError,
+                     TrialError, UsageError)
+from .hookspecs import hookimpl
+from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__", "hookimpl", "SourceModel", "TargetAdapter", "DatasetSource", "PluginSettings",
+    "TrialRecord", "RunResult", "search", "pretrain", "predict", "get_plugin_manager",
+    "AutotlError", "UsageError", "ConfigError", "SpaceError", "DataError", "PluginError", "RegistryError",
+    "TrialError", "ModelError",
+]
+
+
+def search(data: str, **options: Any) -> RunResult:
+    """Run a transfer-learning search; see :func:`autotl.api.search`."""
+    from .api import search as _search
+    return _search(data, **options)
+
+
+def pretrain(data: str, **options: Any) -> Any:
+    """Train a source model on a source task; see :func:`autotl.api.pretrain`."""
+    from .api import pretrain as _pretrain
+    return _pretrain(data, **options)
+
+
+def predict(model_dir: str, images: Any, **options: Any) -> Any:
+    """Predict with a saved best model; see :func:`autotl.api.predict`."""
+    from .api import predict as _predict
+    return _predict(model_dir, images, **options)
+
+
+def get_plugin_manager(*args: Any, **kwargs: Any) -> Any:
+    """Load plugins and build the registries; see :func:`autotl.plugins.get_plugin_manager`."""
+    from .plugins import get_plugin_manager as _get
+    return _get(*args, **kwargs)

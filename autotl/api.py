@@ -1,0 +1,123 @@
+"""The Python API behind the CLI: search, pretrain, predict, and listings."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .config import RunConfig
+from .types import RunResult, TrialRecord
+
+
+def load_plugins(plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None,
+                 blocked: Sequence[str] = ()) -> Any:
+    from .plugins import get_plugin_manager
+
+    return get_plugin_manager(plugins, plugins_dir, zoo_dir=zoo, blocked=blocked)
+
+
+def search(data: str, *, on_trial: Optional[Callable[[TrialRecord], None]] = None, **options: Any) -> RunResult:
+    """Run a transfer-learning search and write the run folder.
+
+    Args:
+        data: an image folder, a ``.csv`` file, or ``builtin:NAME``.
+        on_trial: called with each finished trial's :class:`TrialRecord`.
+        **options: the fields of :class:`autotl.config.RunConfig` (``trials``, ``epochs``,
+            ``backbones``, ``space``, ``metric``, ``device``, ``out``, ``seed``, ``study``,
+            ``storage``, ``plugins``, ...).
+
+    Returns:
+        The :class:`RunResult`; ``result.summary`` is what ``summary.json`` holds.
+    """
+    return run_search(RunConfig.from_options(data, **options), on_trial=on_trial)
+
+
+def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None) -> RunResult:
+    from .data import load_dataset
+    from .export import save_model
+    from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
+    from .space import load_space_file, resolve_space
+    from .study import TrialRunner, best_other_value, make_storage, open_study, records, run_trials, storage_label
+    from .tensors import TensorCache
+    from .trainer import resolve_device
+
+    started = time.perf_counter()
+    plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
+    space = resolve_space(load_space_file(config.space), plugins, config.backbones, config.epochs)
+    dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction)
+    device = resolve_device(config.device)
+    name = config.study_name()
+    out_dir = config.out_dir(name)
+    storage = make_storage(config.storage, out_dir)
+    study = open_study(config, name, storage, space)
+    if "dataset" not in study.user_attrs:
+        study.set_user_attr("dataset", dataset.describe())
+
+    def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
+        other = best_other_value(study, number)
+        if state is not None and (other is None or value > other):
+            save_model(str(out_dir / BEST_DIR), state, source=plugins.sources.get(params.backbone),
+                       adapter=plugins.adapters.get(params.adapter), adapter_params=params.adapter_params,
+                       classes=dataset.classes, data_config=model.data_config,
+                       extra={"study": name, "trial": number, "value": value, "metric": config.metric,
+                              "params": params.as_dict()})
+
+    def trial_done(record: TrialRecord) -> None:
+        plugins.trial_finished(record)
+        if on_trial is not None:
+            on_trial(record)
+
+    runner = TrialRunner(config=config, space=space, dataset=dataset, plugins=plugins, device=device,
+                         out_dir=out_dir, tensors=TensorCache(), on_best=on_best)
+    interrupted = False
+    try:
+        run_trials(study, runner, config, trial_done)
+    except KeyboardInterrupt:
+        interrupted = True
+    all_records = records(study)
+    test = score_test_split(study, out_dir, dataset, device, plugins) if not interrupted else None
+    summary = summarize(study, all_records, out_dir=out_dir, metric=config.metric,
+                        elapsed_s=time.perf_counter() - started, test=test,
+                        extra={"dataset": dataset.describe(), "device": str(device), "space": space.file.path,
+                               "storage": storage_label(config.storage, out_dir), "out_dir": str(out_dir)})
+    write_run_folder(out_dir, summary, all_records)
+    result = RunResult(study=name, out_dir=str(out_dir), storage=storage_label(config.storage, out_dir),
+                       metric=config.metric, direction="maximize", summary=summary, trials=all_records)
+    plugins.search_finished(result)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def list_backbones(plugins: Any) -> List[Dict[str, Any]]:
+    """Each registered source model with its plugin, parameter count, input size and layer groups."""
+    from .model import describe_source
+
+    rows = []
+    for name, source in plugins.sources.items():
+        rows.append({"name": name, "plugin": plugins.sources.owner(name), **describe_source(source),
+                     "description": source.description})
+    return rows
+
+
+def predict(model_dir: str, images: Sequence[str], *, out: Optional[str] = None, device: str = "auto",
+            plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Predict images with a run folder's (or model folder's) best model; see :func:`autotl.export.predict`."""
+    from .export import predict as _predict, read_config
+
+    _, config = read_config(model_dir)
+    loaded = None if config.get("format") == "timm" else load_plugins(plugins, plugins_dir, zoo)
+    return _predict(model_dir, images, plugins=loaded, device=device, out=out)
+
+
+def pretrain(data: str, *, backbone: str, out: str, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
+             seed: int = 0, device: str = "auto", plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
+             zoo: Optional[str] = None) -> Dict[str, Any]:
+    """Train a registered source model on a source task; write weights and a sidecar JSON."""
+    from .pretrain import pretrain_source
+
+    loaded = load_plugins(plugins, plugins_dir, zoo)
+    return pretrain_source(data, loaded, backbone=backbone, out=out, epochs=epochs, lr=lr, batch_size=batch_size,
+                           seed=seed, device=device)
+
+
+__all__ = ["search", "run_search", "predict", "pretrain", "list_backbones", "load_plugins"]

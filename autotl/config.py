@@ -1,0 +1,104 @@
+"""CLI flags and API options -> a validated :class:`RunConfig` (no torch import)."""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from .errors import ConfigError
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+DEFAULT_TRIALS = 20
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``autotl search`` needs, checked once up front.
+
+    ``trials`` and ``timeout`` bound the search (whichever comes first; ``trials`` defaults to
+    20 when neither is given). ``epochs`` overrides the space's max epochs per trial.
+    """
+
+    data: str
+    space: str = "default"
+    backbones: Optional[Tuple[str, ...]] = None
+    trials: Optional[int] = None
+    timeout: Optional[float] = None
+    epochs: Optional[int] = None
+    metric: str = "accuracy"
+    device: str = "auto"
+    out: Optional[str] = None
+    seed: int = 0
+    study: Optional[str] = None
+    storage: Optional[str] = None
+    plugins: Tuple[str, ...] = ()
+    plugins_dir: Optional[str] = None
+    zoo: Optional[str] = None
+    blocked_plugins: Tuple[str, ...] = ()
+    val_fraction: float = 0.2
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
+               self.data)
+        for name in ("trials", "epochs"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+                   name, "an int >= 1", value)
+        _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),
+               "timeout", "a number of seconds > 0", self.timeout)
+        _check(self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}", self.metric)
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
+               "an int >= 0", self.seed)
+        _check(isinstance(self.val_fraction, float) and 0.0 < self.val_fraction < 1.0, "val_fraction",
+               "a float in (0, 1)", self.val_fraction)
+        _check(self.study is None or bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}", self.study)), "study",
+               "a name of letters, digits, '.', '_' or '-'", self.study)
+        if self.backbones is not None:
+            object.__setattr__(self, "backbones", tuple(b.strip() for b in self.backbones if b.strip()) or None)
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+        object.__setattr__(self, "blocked_plugins", tuple(self.blocked_plugins))
+
+    @property
+    def n_trials(self) -> Optional[int]:
+        return self.trials if (self.trials is not None or self.timeout is not None) else DEFAULT_TRIALS
+
+    def study_name(self) -> str:
+        """``--study``, or the dataset's name with a timestamp so each plain search starts fresh."""
+        if self.study:
+            return self.study
+        stem = dataset_label(self.data)
+        return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def out_dir(self, study: str) -> Path:
+        return Path(self.out) if self.out else Path("runs") / study
+
+    @classmethod
+    def from_options(cls, data: str, **options: Any) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown option {unknown[0]!r}", f"known options: {', '.join(sorted(known - {'data'}))}")
+        if isinstance(options.get("backbones"), str):
+            options["backbones"] = tuple(options["backbones"].split(","))
+        if isinstance(options.get("plugins"), str):
+            options["plugins"] = (options["plugins"],)
+        return cls(data=data, **options)
+
+
+def dataset_label(spec: str) -> str:
+    """A short, file-safe name for a data spec."""
+    if spec.startswith("builtin:"):
+        stem = spec.split(":", 1)[1]
+    else:
+        path = Path(spec)
+        stem = path.stem if spec.lower().endswith(".csv") else (path.resolve().name or "data")
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "-", stem).strip("-") or "data"
+
+
+def _check(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"the {name!r} option must be {expected}; got {got!r} instead",
+                          f"pass a valid --{name.replace('_', '-')}")

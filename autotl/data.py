@@ -1,0 +1,228 @@
+"""Dataset sources -> decoded, labelled train/val/test splits held in memory.
+
+Sources: an ImageFolder tree (class subfolders, or ``train/``, ``val/``, ``test/`` split folders
+that each hold class subfolders), a CSV with ``path,label`` (and optional ``split``) columns,
+or ``builtin:NAME`` from a dataset plugin. Without a val split, a stratified split of train is
+drawn with a fixed seed. Images are decoded once to RGB and kept in memory.
+"""
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Decoded RGB images with integer labels indexing ``Dataset.classes``."""
+
+    images: Tuple[Image.Image, ...]
+    labels: np.ndarray
+    paths: Tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def counts(self, classes: Sequence[str]) -> Dict[str, int]:
+        c = Counter(self.labels.tolist())
+        return {name: int(c.get(i, 0)) for i, name in enumerate(classes)}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled dataset split three ways; ``test`` is None when the source has no test split."""
+
+    name: str
+    source: str
+    classes: Tuple[str, ...]
+    train: ImageSet
+    val: ImageSet
+    test: Optional[ImageSet]
+    val_from: str  # "given" or "stratified"
+    skipped: int
+
+    def describe(self) -> Dict[str, Any]:
+        """JSON-able facts for summaries and reports."""
+        return {
+            "name": self.name, "source": self.source, "classes": list(self.classes),
+            "images": {s: (len(getattr(self, s)) if getattr(self, s) is not None else 0)
+                       for s in ("train", "val", "test")},
+            "val_from": self.val_from, "skipped": self.skipped,
+        }
+
+
+Item = Tuple[Any, str, str]  # (image or path, label, shown path)
+
+
+def _decode(item: Any) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, np.ndarray):
+        arr = item if item.dtype == np.uint8 else np.clip(item, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    with Image.open(item) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _decode_all(items: Sequence[Item]) -> Tuple[List[Tuple[Image.Image, str, str]], List[str]]:
+    good, bad = [], []
+    for obj, label, shown in items:
+        try:
+            good.append((_decode(obj), label, shown))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            bad.append(shown)
+    return good, bad
+
+
+def _class_folder_items(root: Path) -> List[Item]:
+    items: List[Item] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                items.append((f, class_dir.name, str(f)))
+    return items
+
+
+def _split_dir(root: Path, split: str) -> Optional[Path]:
+    for name in SPLIT_NAMES[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _folder_splits(root: Path) -> Dict[str, List[Item]]:
+    if not root.is_dir():
+        raise DataError(f"data folder {str(root)!r} does not exist", "pass an image folder, a CSV file or builtin:NAME")
+    if _split_dir(root, "train"):
+        splits = {s: _class_folder_items(d) for s in SPLIT_NAMES if (d := _split_dir(root, s))}
+    else:
+        splits = {"train": _class_folder_items(root)}
+    if not splits["train"]:
+        raise DataError(f"no images found in {str(root)!r}",
+                        "put images in one subfolder per class (or train/, val/, test/ folders of class subfolders)")
+    return splits
+
+
+def _csv_splits(path: Path) -> Dict[str, List[Item]]:
+    if not path.is_file():
+        raise DataError(f"CSV file {str(path)!r} does not exist", "check the path")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = {"path", "label"} - set(columns)
+        if missing:
+            raise DataError(f"{path.name} lacks the column(s) {', '.join(sorted(missing))} (found: {', '.join(columns) or 'none'})",
+                            "give the CSV a header row with path,label (and optionally split)")
+        splits: Dict[str, List[Item]] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            if not row.get("path"):
+                raise DataError(f"{path.name} line {line}: empty path", "fill in the image path or drop the row")
+            if not row.get("label"):
+                raise DataError(f"{path.name} line {line}: missing label for {row['path']!r}",
+                                "label every row, or drop unlabelled rows")
+            split = (row.get("split") or "train").lower()
+            canon = next((s for s, names in SPLIT_NAMES.items() if split in names), None)
+            if canon is None:
+                raise DataError(f"{path.name} line {line}: unknown split {split!r}", "use train, val or test")
+            img_path = Path(row["path"])
+            img_path = img_path if img_path.is_absolute() else path.parent / img_path
+            splits.setdefault(canon, []).append((img_path, row["label"], str(img_path)))
+    if not splits.get("train"):
+        raise DataError(f"{path.name} has no training rows", "add rows (split empty or train)")
+    return splits
+
+
+def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
+    source = plugins.datasets.get(name)
+    raw = source.load()
+    if "train" not in raw:
+        raise DataError(f"builtin dataset {name!r} has no train split", "fix the dataset plugin")
+    return {split: [(img, str(label), f"{name}/{split}/{i}") for i, (img, label) in enumerate(rows)]
+            for split, rows in raw.items() if split in SPLIT_NAMES}
+
+
+def _image_set(rows: Sequence[Tuple[Image.Image, str, str]], index: Mapping[str, int]) -> ImageSet:
+    return ImageSet(images=tuple(r[0] for r in rows), labels=np.array([index[r[1]] for r in rows], dtype=np.int64),
+                    paths=tuple(r[2] for r in rows))
+
+
+def stratified_split(rows: Sequence[Tuple[Any, str, str]], fraction: float, seed: int) -> Tuple[list, list]:
+    """Split rows into train/val with every class in both, reproducibly (scikit-learn)."""
+    from sklearn.model_selection import train_test_split
+
+    labels = [r[1] for r in rows]
+    counts = Counter(labels)
+    n_classes = len(counts)
+    thin = sorted(c for c, n in counts.items() if n < 2)
+    if thin:
+        raise DataError(f"class {thin[0]!r} has {counts[thin[0]]} image; at least 2 are needed to split off a validation set",
+                        "add images to it, drop it, or give a val/ split yourself")
+    n_val = max(n_classes, int(round(fraction * len(rows))))
+    if len(rows) - n_val < n_classes:
+        raise DataError(f"{len(rows)} images are too few to hold out {n_val} for validation with {n_classes} classes",
+                        "add images or give a val/ split yourself")
+    idx = np.arange(len(rows))
+    tr, va = train_test_split(idx, test_size=n_val, stratify=labels, random_state=seed)
+    return [rows[i] for i in sorted(tr)], [rows[i] for i in sorted(va)]
+
+
+def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
+    """Load ``spec`` (a folder, a ``.csv`` file or ``builtin:NAME``) into decoded splits.
+
+    Raises:
+        DataError: empty source, one class, a class too small to split, bad CSV columns,
+            missing labels, or val/test labels that train lacks.
+    """
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if plugins is None:
+            from .plugins import get_plugin_manager
+            plugins = get_plugin_manager()
+        raw, label = _builtin_splits(name, plugins), name
+    elif spec.lower().endswith(".csv"):
+        raw, label = _csv_splits(Path(spec)), Path(spec).stem
+    else:
+        raw, label = _folder_splits(Path(spec)), Path(spec).resolve().name
+
+    decoded: Dict[str, list] = {}
+    skipped: List[str] = []
+    for split, items in raw.items():
+        decoded[split], bad = _decode_all(items)
+        skipped += bad
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}", stacklevel=2)
+    if not decoded.get("train"):
+        raise DataError(f"no readable training images in {spec!r}", "check the files are images")
+    classes = tuple(sorted({r[1] for r in decoded["train"]}))
+    if len(classes) < 2:
+        raise DataError(f"{spec!r} has a single class ({classes[0]!r})", "a classifier needs at least 2 classes")
+    for split in ("val", "test"):
+        unknown = sorted({r[1] for r in decoded.get(split, [])} - set(classes))
+        if unknown:
+            raise DataError(f"the {split} split has label(s) the train split lacks: {', '.join(map(repr, unknown[:5]))}",
+                            f"add training images for them or remove them from {split}")
+    if decoded.get("val"):
+        train_rows, val_rows, val_from = decoded["train"], decoded["val"], "given"
+        missing = sorted(set(classes) - {r[1] for r in val_rows})
+        if missing:
+            warnings.warn(f"the val split has no images of class(es) {', '.join(missing[:5])}", stacklevel=2)
+    else:
+        train_rows, val_rows = stratified_split(decoded["train"], val_fraction, seed)
+        val_from = "stratified"
+    index = {c: i for i, c in enumerate(classes)}
+    test = _image_set(decoded["test"], index) if decoded.get("test") else None
+    return Dataset(name=label, source=spec, classes=classes, train=_image_set(train_rows, index),
+                   val=_image_set(val_rows, index), test=test, val_from=val_from, skipped=len(skipped))

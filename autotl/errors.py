@@ -1,0 +1,56 @@
+"""One error hierarchy for everything a user can get wrong.
+
+Each error carries *what* went wrong and *how to fix it*; the CLI prints them
+as one line, ``error: <what> — <how to fix>``, and exits non-zero.
+"""
+from __future__ import annotations
+
+
+class AutotlError(Exception):
+    """Base of every error autotl raises on purpose.
+
+    Args:
+        what: what is wrong, in the user's terms.
+        fix: how to fix it; optional but strongly encouraged.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        self.what = what
+        self.fix = fix
+        super().__init__(f"{what} — {fix}" if fix else what)
+
+
+class UsageError(AutotlError):
+    """A flag, argument or option is wrong."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """A configuration value (run config, search-space file) is wrong."""
+
+
+class SpaceError(ConfigError):
+    """A search-space file has an unknown key, a bad range or an unknown name."""
+
+
+class DataError(AutotlError):
+    """The dataset cannot be used as given."""
+
+
+class PluginError(AutotlError):
+    """A plugin failed to load or broke the plugin contract."""
+
+
+class RegistryError(PluginError):
+    """A name is unknown, registered twice, or registered with a wrong type."""
+
+
+class TrialError(AutotlError):
+    """One trial failed (NaN loss, out of memory, a plugin's build raised); the search goes on."""
+
+
+class ModelError(AutotlError):
+    """A saved model cannot be loaded or used."""

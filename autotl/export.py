@@ -1,0 +1,177 @@
+"""The best model on disk: ``model.safetensors`` + ``config.json``, and prediction from it.
+
+Format ``timm``: the weights load into plain ``timm.create_model(architecture,
+num_classes=C, **model_kwargs)`` with no autotl import; ``config.json`` spells out how.
+Format ``autotl``: any other network; autotl rebuilds it through the plugin that registered
+the source model and adapter, then loads the weights.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ModelError
+from .types import SourceModel, TargetAdapter
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def _plain_timm(architecture: str, num_classes: int, model_kwargs: Mapping[str, Any]):
+    import timm
+
+    return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **dict(model_kwargs))
+
+
+def _loads_into_plain_timm(source: SourceModel, num_classes: int, state: Mapping[str, torch.Tensor]) -> bool:
+    if not source.architecture:
+        return False
+    try:
+        _plain_timm(source.architecture, num_classes, source.model_kwargs).load_state_dict(state, strict=True)
+        return True
+    except Exception:
+        return False
+
+
+def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: SourceModel, adapter: TargetAdapter,
+               adapter_params: Mapping[str, Any], classes: Sequence[str], data_config: Mapping[str, Any],
+               extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Write weights and config to ``directory``, replacing what was there in one step."""
+    from safetensors.torch import save_file
+
+    num_classes = len(classes)
+    plain = adapter.exports_plain_timm and _loads_into_plain_timm(source, num_classes, state)
+    config: Dict[str, Any] = {
+        "format": "timm" if plain else "autotl",
+        "architecture": source.architecture,
+        "model_kwargs": dict(source.model_kwargs),
+        "num_classes": num_classes,
+        "classes": list(classes),
+        "data_config": dict(data_config),
+        "source_model": source.name,
+        "adapter": adapter.name,
+        "adapter_params": dict(adapter_params),
+        **dict(extra or {}),
+    }
+    if plain:
+        kw = "".join(f", {k}={v!r}" for k, v in source.model_kwargs.items())
+        config["load"] = (f"import timm, safetensors.torch; model = timm.create_model({source.architecture!r}, "
+                          f"num_classes={num_classes}{kw}); model.load_state_dict(safetensors.torch.load_file("
+                          f"'{WEIGHTS_NAME}'))")
+    else:
+        config["load"] = f"autotl predict {directory} IMAGES... (needs the plugin that registers {source.name!r})"
+    target = Path(directory)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return config
+
+
+def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:
+    """Find ``config.json`` in a model folder or a run folder (its ``best/``)."""
+    path = Path(model_dir)
+    for candidate in (path, path / "best"):
+        if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
+            try:
+                return candidate, json.loads((candidate / CONFIG_NAME).read_text())
+            except json.JSONDecodeError as exc:
+                raise ModelError(f"{candidate / CONFIG_NAME} is not valid JSON", "re-export the model") from exc
+    raise ModelError(f"no saved model in {model_dir!r}",
+                     f"pass a run folder or its best/ folder (with {CONFIG_NAME} and {WEIGHTS_NAME})")
+
+
+def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """Rebuild the saved model and load its weights."""
+    from safetensors.torch import load_file
+
+    folder, config = read_config(model_dir)
+    state = load_file(str(folder / WEIGHTS_NAME))
+    if config.get("format") == "timm":
+        module = _plain_timm(config["architecture"], int(config["num_classes"]), config.get("model_kwargs") or {})
+    else:
+        from .model import build_model
+
+        if plugins is None:
+            from .plugins import get_plugin_manager
+            plugins = get_plugin_manager()
+        source = plugins.sources.get(config["source_model"])
+        adapter = plugins.adapters.get(config["adapter"])
+        net = (source.build_untrained or source.build)()
+        module = build_model(source, adapter, int(config["num_classes"]), config.get("adapter_params") or {},
+                             net=net).module
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"the weights in {folder} do not fit {config.get('architecture') or config.get('source_model')}",
+                         "re-export the model with this version of autotl") from exc
+    module.eval()
+    return module, config
+
+
+def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, device: str = "auto",
+            out: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Predict each image's class with the saved model; optionally write a CSV.
+
+    Each row: ``path``, ``label`` (the predicted class), ``confidence``, and one ``p_<class>``
+    column per class.
+    """
+    from .data import _decode
+    from .tensors import to_tensors
+    from .trainer import predict_proba, resolve_device
+
+    module, config = load_model(model_dir, plugins)
+    paths = _expand_images(images)
+    decoded, bad = [], []
+    for p in paths:
+        try:
+            decoded.append(_decode(p))
+        except (OSError, ValueError, SyntaxError):
+            bad.append(p)
+    if bad:
+        raise ModelError(f"cannot read {len(bad)} image(s), e.g. {bad[0]}", "pass readable image files")
+    data = to_tensors(decoded, np.zeros(len(decoded), dtype=np.int64), config["data_config"])
+    dev = resolve_device(device)
+    probs = predict_proba(module.to(dev), data, dev)
+    classes = config["classes"]
+    rows = []
+    for p, row in zip(paths, probs):
+        k = int(row.argmax())
+        rows.append({"path": p, "label": classes[k], "confidence": float(row[k]),
+                     **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
+    if out:
+        with open(out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["path", "label", "confidence"] + [f"p_{c}" for c in classes])
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def _expand_images(images: Sequence[str]) -> List[str]:
+    from .data import IMAGE_EXTENSIONS
+
+    out: List[str] = []
+    for item in images:
+        path = Path(item)
+        if path.is_dir():
+            out += [str(p) for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_EXTENSIONS]
+        elif path.is_file():
+            out.append(str(path))
+        else:
+            raise ModelError(f"image {item!r} does not exist", "pass image files or folders")
+    if not out:
+        raise ModelError("no images to predict", "pass image files or folders that hold images")
+    return out

@@ -1,0 +1,100 @@
+"""Freeze depth, BatchNorm policy and learning-rate groups, all counted in layer groups.
+
+Freeze depth is a fraction of the backbone's layer groups, frozen from the input side:
+0 trains everything, 1 trains only the adapter (a linear probe). BatchNorm layers whose
+parameters are all frozen keep their running statistics fixed.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from torch import nn
+
+from .model import AdaptedModel
+
+
+def frozen_group_count(depth: float, n_groups: int) -> int:
+    """How many of ``n_groups`` groups a freeze depth in [0, 1] freezes."""
+    return int(round(max(0.0, min(1.0, depth)) * n_groups))
+
+
+def apply_freeze_depth(model: AdaptedModel, depth: float) -> List[str]:
+    """Freeze the first ``depth`` fraction of the backbone's groups; return the frozen parameter names."""
+    k = frozen_group_count(depth, len(model.groups))
+    frozen = {n for g in model.groups[:k] for n in g}
+    for name, param in model.module.named_parameters():
+        param.requires_grad_(name not in frozen)
+    return sorted(frozen)
+
+
+def frozen_norm_layers(module: nn.Module) -> List[nn.Module]:
+    """BatchNorm layers whose affine parameters are all frozen: they must stay in eval mode."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                out.append(m)
+    return out
+
+
+def set_train_mode(module: nn.Module, frozen_norms: List[nn.Module]) -> None:
+    """``module.train()``, but frozen BatchNorm layers keep using (and keep) their running statistics."""
+    module.train()
+    for m in frozen_norms:
+        m.eval()
+
+
+def _no_weight_decay(module: nn.Module) -> set:
+    names = set()
+    for prefix, m in module.named_modules():
+        if hasattr(m, "no_weight_decay") and callable(m.no_weight_decay):
+            try:
+                names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
+            except Exception:
+                pass
+    return names
+
+
+def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone_lr: str,
+                           backbone_lr_mult: float = 1.0, layer_decay: float = 1.0) -> List[Dict[str, Any]]:
+    """Parameter groups with an ``lr_scale`` relative to the head's learning rate.
+
+    ``multiplier``: every backbone parameter gets ``backbone_lr_mult``. ``layer_decay``: timm's
+    ``param_groups_layer_decay`` when the network has a ``group_matcher`` (per block), else
+    ``layer_decay ** distance`` over autotl's layer groups. Biases, norms and the network's
+    ``no_weight_decay()`` names get no weight decay.
+    """
+    module = model.module
+    if backbone_lr == "layer_decay" and hasattr(module, "group_matcher"):
+        from timm.optim import param_groups_layer_decay
+
+        groups = param_groups_layer_decay(module, weight_decay=weight_decay, layer_decay=layer_decay,
+                                          no_weight_decay_list=tuple(_no_weight_decay(module)))
+        head_ids = {id(p) for n, p in module.named_parameters() if n in model.head}
+        out = []
+        for g in groups:  # the adapter's head always trains at the head's rate
+            head = [p for p in g["params"] if id(p) in head_ids]
+            body = [p for p in g["params"] if id(p) not in head_ids]
+            if body:
+                out.append({**g, "params": body})
+            if head:
+                out.append({**g, "params": head, "lr_scale": 1.0})
+        return [{k: v for k, v in g.items() if k != "param_names"} for g in out]
+
+    group_of = model.group_of()
+    n_groups = len(model.groups)
+    skip_decay = _no_weight_decay(module)
+    buckets: Dict[Tuple[float, float], List[nn.Parameter]] = {}
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name in model.head:
+            scale = 1.0
+        elif backbone_lr == "layer_decay":
+            scale = layer_decay ** (n_groups - group_of.get(name, n_groups - 1))
+        else:
+            scale = backbone_lr_mult
+        wd = 0.0 if (param.ndim <= 1 or name in skip_decay) else weight_decay
+        buckets.setdefault((scale, wd), []).append(param)
+    return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in buckets.items()]

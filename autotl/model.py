@@ -1,0 +1,161 @@
+"""Source model + target adapter -> the network a trial trains, with its layer groups.
+
+The source's classifier is removed first (timm ``reset_classifier(0)``, or the ``head``
+attribute the plugin names); the adapter then attaches its own. Parameters the adapter creates
+are the *head*; the rest belong to the backbone's layer groups, in input-to-output order.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .errors import TrialError
+from .types import SourceModel, TargetAdapter
+
+
+@dataclass
+class AdaptedModel:
+    """The trainable network and what the trainer needs to know about it."""
+
+    module: nn.Module
+    head: frozenset  # names of adapter-created parameters
+    groups: Tuple[Tuple[str, ...], ...]  # backbone parameter names per layer group, input -> output
+    data_config: Dict[str, Any]
+    num_outputs: int
+
+    def group_of(self) -> Dict[str, int]:
+        return {name: i for i, names in enumerate(self.groups) for name in names}
+
+
+def _set_attr_path(root: nn.Module, path: str, value: nn.Module) -> None:
+    *parents, last = path.split(".")
+    obj = root
+    for part in parents:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def strip_source_head(net: nn.Module, source: SourceModel) -> nn.Module:
+    """Remove the source classifier so the network returns pooled features."""
+    if source.head:
+        try:
+            _set_attr_path(net, source.head, nn.Identity())
+        except AttributeError as exc:
+            raise TrialError(f"source model {source.name!r} has no submodule {source.head!r} to use as its head",
+                             "fix the head= field of its SourceModel") from exc
+    elif hasattr(net, "reset_classifier"):
+        net.reset_classifier(0)
+    return net
+
+
+def resolve_data_config(source: SourceModel, net: Optional[nn.Module] = None) -> Dict[str, Any]:
+    """The preprocessing for this source: its own data_config over what timm reads off the network."""
+    from timm.data import resolve_data_config as timm_resolve
+
+    cfg = timm_resolve(dict(source.data_config or {}), model=net, use_test_size=False)
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    return out
+
+
+def infer_num_features(net: nn.Module, data_config: Mapping[str, Any]) -> int:
+    """Width of the pooled features, from ``num_features`` or one forward pass."""
+    width = getattr(net, "num_features", None)
+    if isinstance(width, int) and width > 0:
+        return width
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, *data_config["input_size"]))
+    net.train(was_training)
+    if out.ndim != 2:
+        raise TrialError(f"the backbone returns {tuple(out.shape)}, not pooled (N, C) features",
+                         "set head= or return pooled features from build()")
+    return int(out.shape[1])
+
+
+def layer_groups(net: nn.Module, source: SourceModel) -> List[List[str]]:
+    """Backbone parameter names per layer group, input to output order.
+
+    timm networks use their coarse ``group_matcher``; others the source's ``layer_groups``
+    regexes (unmatched parameters join the last group), else their top-level children.
+    """
+    names = [n for n, p in net.named_parameters()]
+    if hasattr(net, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(net, net.group_matcher(coarse=True))
+        groups = [list(v) for _, v in sorted(grouped.items())]
+    elif source.layer_groups:
+        patterns = [re.compile(p) for p in source.layer_groups]
+        groups = [[] for _ in patterns]
+        for n in names:
+            idx = next((i for i, pat in enumerate(patterns) if pat.match(n)), len(patterns) - 1)
+            groups[idx].append(n)
+    else:
+        order: Dict[str, List[str]] = {}
+        for n in names:
+            order.setdefault(n.split(".", 1)[0], []).append(n)
+        groups = list(order.values())
+    return [g for g in groups if g]
+
+
+def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
+                adapter_params: Mapping[str, Any], net: Optional[nn.Module] = None) -> AdaptedModel:
+    """Build the source network (or take ``net``), strip its classifier and attach the adapter."""
+    if net is None:
+        try:
+            net = source.build()
+        except Exception as exc:
+            raise TrialError(f"source model {source.name!r} failed to build: {type(exc).__name__}: {exc}",
+                             "fix its plugin, or exclude it with --backbones") from exc
+    if not isinstance(net, nn.Module):
+        raise TrialError(f"source model {source.name!r} built a {type(net).__name__}, not a torch.nn.Module",
+                         "make build() return the network")
+    data_config = resolve_data_config(source, net)
+    net = strip_source_head(net, source)
+    param_of = dict(net.named_parameters())
+    groups_by_id = [[id(param_of[n]) for n in g] for g in layer_groups(net, source)]
+    backbone_ids = {id(p) for p in net.parameters()}
+    if not getattr(net, "num_features", None):
+        try:
+            net.num_features = infer_num_features(net, data_config)
+        except TrialError:
+            raise
+        except Exception as exc:
+            raise TrialError(f"could not run source model {source.name!r} on a {data_config['input_size']} input: {exc}",
+                             "check its data_config input_size") from exc
+    try:
+        module = adapter.attach(net, num_outputs, dict(adapter_params))
+    except Exception as exc:
+        raise TrialError(f"target adapter {adapter.name!r} failed on {source.name!r}: {type(exc).__name__}: {exc}",
+                         "fix the adapter plugin or exclude the pair") from exc
+    if not isinstance(module, nn.Module):
+        raise TrialError(f"target adapter {adapter.name!r} returned a {type(module).__name__}, not a torch.nn.Module",
+                         "make attach() return the model")
+    name_of = {id(p): n for n, p in module.named_parameters()}
+    head = frozenset(n for n, p in module.named_parameters() if id(p) not in backbone_ids)
+    groups = tuple(tuple(name_of[i] for i in g if i in name_of) for g in groups_by_id)
+    return AdaptedModel(module=module, head=head, groups=tuple(g for g in groups if g),
+                        data_config=data_config, num_outputs=num_outputs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def describe_source(source: SourceModel) -> Dict[str, Any]:
+    """Parameters, input size and layer-group count, built on the meta device so nothing downloads."""
+    make = source.build_untrained or source.build
+    try:
+        with torch.device("meta"):
+            net = make()
+        groups = layer_groups(strip_source_head(net, source), source)
+        cfg = resolve_data_config(source, net)
+        return {"params": count_parameters(net), "input_size": cfg.get("input_size"), "layer_groups": len(groups)}
+    except Exception as exc:  # listing never fails on one bad model
+        return {"params": None, "input_size": (source.data_config or {}).get("input_size"),
+                "layer_groups": None, "error": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,203 @@
+"""The plugin manager: loads plugins in a fixed order and builds the registries from them.
+
+Order: built-in plugins, then the ``autotl`` entry points (skipped when
+``AUTOTL_DISABLE_PLUGIN_AUTOLOAD=1``), then ``--plugin`` modules or files and ``--plugins-dir``.
+Nothing is loaded at import time; call :func:`get_plugin_manager`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import pluggy
+
+from . import hookspecs
+from .errors import AutotlError, PluginError
+from .registry import Registry
+from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
+
+#: First-party plugins, loaded first and through the same hooks a third party uses.
+BUILTIN_PLUGINS = ("autotl_timm", "autotl_heads", "autotl_zoo", "autotl_datasets")
+ENTRY_POINT_GROUP = "autotl"
+AUTOLOAD_ENV = "AUTOTL_DISABLE_PLUGIN_AUTOLOAD"
+DEFAULT_ZOO = "~/.cache/autotl/zoo"
+
+
+def default_settings(zoo_dir: Optional[str] = None) -> PluginSettings:
+    """Settings for registration hooks; the zoo folder comes from the argument, ``AUTOTL_ZOO`` or the default."""
+    zoo = zoo_dir or os.environ.get("AUTOTL_ZOO") or DEFAULT_ZOO
+    return PluginSettings(zoo_dir=str(Path(zoo).expanduser()))
+
+
+@dataclass
+class Plugins:
+    """A typed facade over the pluggy manager: the registries and the lifecycle hooks."""
+
+    pm: pluggy.PluginManager
+    settings: PluginSettings
+    sources: Registry[SourceModel] = field(default_factory=lambda: Registry("source model", SourceModel))
+    adapters: Registry[TargetAdapter] = field(default_factory=lambda: Registry("target adapter", TargetAdapter))
+    datasets: Registry[DatasetSource] = field(default_factory=lambda: Registry("dataset", DatasetSource))
+
+    def build_registries(self) -> "Plugins":
+        """Call every registration hook, one plugin at a time, so errors name the plugin."""
+        kwargs = {"settings": self.settings}
+        for hook_name, registry in (
+            ("autotl_register_source_models", self.sources),
+            ("autotl_register_target_adapters", self.adapters),
+            ("autotl_register_datasets", self.datasets),
+        ):
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                plugin = impl.plugin_name
+
+                def register(item: Any, _plugin: str = plugin, _registry: Registry = registry) -> None:
+                    _registry.register(item, _plugin)
+
+                call_args = {"register": register, **kwargs}
+                try:
+                    impl.function(*[call_args[a] for a in impl.argnames])
+                except AutotlError:
+                    raise
+                except Exception as exc:  # a plugin's own bug
+                    raise PluginError(f"plugin {plugin!r} failed in {hook_name}: {type(exc).__name__}: {exc}",
+                                      "fix the plugin or stop loading it") from exc
+        return self
+
+    def trial_finished(self, record: TrialRecord) -> None:
+        self._observe("autotl_trial_finished", record=record)
+
+    def search_finished(self, result: RunResult) -> None:
+        self._observe("autotl_search_finished", result=result)
+
+    def _observe(self, hook_name: str, **kwargs: Any) -> None:
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:  # observers never break a search
+                warnings.warn(f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}",
+                              stacklevel=2)
+
+    def describe(self) -> List[Dict[str, Any]]:
+        """Each loaded plugin with the hooks it implements, in load order."""
+        rows = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:
+                continue
+            hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
+            rows.append({"name": name, "hooks": hooks, "origin": _origin(plugin)})
+        return rows
+
+
+def _origin(plugin: Any) -> str:
+    path = getattr(plugin, "__file__", None)
+    return str(path) if path else type(plugin).__name__
+
+
+def _load_module(spec: str) -> Any:
+    """Import a plugin given as a module name or a path to a ``.py`` file."""
+    path = Path(spec)
+    if spec.endswith(".py") or path.exists():
+        if not path.is_file():
+            raise PluginError(f"plugin file {spec!r} does not exist", "check the path given to --plugin")
+        mod_name = f"autotl_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(mod_name, None)
+            raise
+        return module
+    return importlib.import_module(spec)
+
+
+def _import_plugin(spec: str, label: str) -> Any:
+    try:
+        return _load_module(spec)
+    except AutotlError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {label!r} failed to import: {type(exc).__name__}: {exc}",
+                          "fix the plugin, or stop loading it") from exc
+
+
+def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
+    if pm.is_blocked(name):
+        return
+    if pm.get_plugin(name) is not None:
+        raise PluginError(f"plugin {name!r} is loaded twice", "give it only once (built-in, entry point, --plugin)")
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name!r} has a bad hook: {exc}", "match the hook signatures in docs/plugins.md") from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(name=name)
+        raise PluginError(f"plugin {name!r} implements an unknown hook: {exc}",
+                          "check the hook name against docs/plugins.md") from exc
+
+
+def get_plugin_manager(
+    plugins: Sequence[str] = (),
+    plugins_dir: Optional[str] = None,
+    *,
+    zoo_dir: Optional[str] = None,
+    blocked: Sequence[str] = (),
+    autoload: Optional[bool] = None,
+) -> Plugins:
+    """Load every plugin in order and build the registries.
+
+    Args:
+        plugins: ``--plugin`` values: module names or ``.py`` file paths, in order.
+        plugins_dir: a folder whose ``*.py`` files (not starting with ``_``) are plugins.
+        zoo_dir: the model-zoo folder handed to registration hooks.
+        blocked: plugin names not to load.
+        autoload: load entry points; default: unless ``AUTOTL_DISABLE_PLUGIN_AUTOLOAD=1``.
+
+    Raises:
+        PluginError: a plugin failed to import, has a bad or unknown hook, or registered
+            something invalid or twice. The message names the plugin.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+
+    for name in BUILTIN_PLUGINS:
+        if not pm.is_blocked(name):
+            _register(pm, _import_plugin(name, name), name)
+
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+    if autoload:
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if pm.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(f"plugin {ep.name!r} (entry point {ep.value}) failed to import: "
+                                  f"{type(exc).__name__}: {exc}",
+                                  f"fix or uninstall it, or set {AUTOLOAD_ENV}=1") from exc
+            _register(pm, plugin, ep.name)
+
+    specs = list(plugins)
+    if plugins_dir:
+        folder = Path(plugins_dir)
+        if not folder.is_dir():
+            raise PluginError(f"plugins folder {plugins_dir!r} does not exist", "check the path given to --plugins-dir")
+        specs += [str(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+    for spec in specs:
+        name = Path(spec).stem if spec.endswith(".py") else spec
+        _register(pm, _import_plugin(spec, name), name)
+
+    return Plugins(pm=pm, settings=default_settings(zoo_dir)).build_registries()

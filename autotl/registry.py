@@ -1,0 +1,87 @@
+"""Validating registries: what plugins register, checked once, looked up by name."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from typing import Dict, Generic, Iterable, List, Tuple, Type, TypeVar
+
+from .errors import RegistryError
+
+T = TypeVar("T")
+
+
+def close_matches(name: str, names: Iterable[str]) -> str:
+    """A ``did you mean ...?`` hint, or a list of what exists."""
+    names = sorted(names)
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    if near:
+        return "did you mean " + " or ".join(repr(n) for n in near) + "?"
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return f"known: {shown}" if names else "none are registered"
+
+
+class Registry(Generic[T]):
+    """Holds one kind of registered object (source models, adapters, datasets) by name.
+
+    ``register`` rejects wrong types, missing names and duplicates with an error that names the
+    plugin, since pluggy never checks what a hook registers.
+    """
+
+    def __init__(self, kind: str, item_type: Type[T]) -> None:
+        self.kind = kind
+        self.item_type = item_type
+        self._items: Dict[str, T] = {}
+        self._owner: Dict[str, str] = {}
+
+    def register(self, item: T, plugin: str) -> None:
+        if not isinstance(item, self.item_type):
+            raise RegistryError(
+                f"plugin {plugin!r} registered a {type(item).__name__} as a {self.kind}",
+                f"pass an autotl.{self.item_type.__name__}(...) to register()",
+            )
+        name = getattr(item, "name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise RegistryError(f"plugin {plugin!r} registered a {self.kind} without a name",
+                                "give it a non-empty name")
+        if not callable(getattr(item, "build", None) or getattr(item, "attach", None) or getattr(item, "load", None)):
+            raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} without a callable",
+                                "pass a function, not its result")
+        if name in self._items:
+            raise RegistryError(
+                f"plugin {plugin!r} registered {self.kind} {name!r}, already registered by plugin {self._owner[name]!r}",
+                "rename one of them or load only one of the plugins",
+            )
+        self._items[name] = item
+        self._owner[name] = plugin
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise RegistryError(f"unknown {self.kind} {name!r}", close_matches(name, self._items)) from None
+
+    def owner(self, name: str) -> str:
+        return self._owner[name]
+
+    def names(self) -> List[str]:
+        return sorted(self._items)
+
+    def items(self) -> List[Tuple[str, T]]:
+        return [(n, self._items[n]) for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def match(self, patterns: Iterable[str], exclude: Iterable[str] = ()) -> List[str]:
+        """Names matching any glob in ``patterns`` and none in ``exclude``; an unmatched pattern raises."""
+        exclude = list(exclude)
+        chosen: List[str] = []
+        for pattern in patterns:
+            hits = [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise RegistryError(f"no {self.kind} matches {pattern!r}", close_matches(pattern, self._items))
+            chosen += [n for n in hits if n not in chosen]
+        return [n for n in chosen if not any(fnmatch.fnmatchcase(n, x) for x in exclude)]

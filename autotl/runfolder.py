@@ -1,0 +1,115 @@
+"""The run folder: ``summary.json``, ``trials.csv``, and the best trial's test score.
+
+Everything here is read back from the study, so the folder can be rebuilt from the storage at
+any time and always agrees with it.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import optuna
+
+from . import __version__
+from .export import CONFIG_NAME
+from .types import TrialRecord
+
+SUMMARY_NAME = "summary.json"
+TRIALS_NAME = "trials.csv"
+BEST_DIR = "best"
+TEST_ATTR = "test_scores"
+
+
+def best_model_trial(out_dir: Path) -> Optional[int]:
+    """The trial whose weights ``best/`` holds, if any."""
+    path = out_dir / BEST_DIR / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        return int(json.loads(path.read_text()).get("trial"))
+    except (ValueError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any) -> Optional[Dict[str, Any]]:
+    """Score the best trial on the test split, once: the result is kept in the study's user attrs."""
+    if dataset.test is None:
+        return None
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    if best_model_trial(out_dir) != best.number:
+        return None
+    cached = study.user_attrs.get(TEST_ATTR, {})
+    if str(best.number) in cached:
+        return cached[str(best.number)]
+    from .export import load_model
+    from .tensors import to_tensors
+    from .trainer import evaluate
+
+    module, config = load_model(str(out_dir / BEST_DIR), plugins)
+    scores = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"]), device)
+    study.set_user_attr(TEST_ATTR, {**cached, str(best.number): scores})
+    return scores
+
+
+def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path, metric: str, elapsed_s: float,
+              test: Optional[Dict[str, Any]], extra: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``summary.json`` document."""
+    counts = {"complete": 0, "pruned": 0, "fail": 0}
+    for r in records:
+        if r.state in counts:
+            counts[r.state] += 1
+    best_entry = None
+    complete = [r for r in records if r.state == "complete" and r.value is not None]
+    if complete:
+        best = study.best_trial
+        rec = next(r for r in complete if r.number == best.number)
+        has_model = best_model_trial(out_dir) == best.number
+        best_entry = {
+            "trial": best.number, "value": best.value, "params": dict(rec.params), "backbone": rec.backbone,
+            "adapter": rec.adapter, "epochs_run": rec.epochs_run,
+            "test": {k: v for k, v in test.items() if k != "confusion_matrix"} if test else None,
+            "test_confusion_matrix": test.get("confusion_matrix") if test else None,
+            "model_dir": str(out_dir / BEST_DIR) if has_model else None,
+        }
+    return {
+        "study": study.study_name, "metric": metric, "direction": "maximize", "best": best_entry,
+        "trials": counts, "elapsed_s": round(elapsed_s, 3),
+        "epochs_total": int(sum(r.epochs_run for r in records)),
+        "autotl_version": __version__, **extra,
+    }
+
+
+def write_trials_csv(path: Path, records: List[TrialRecord]) -> None:
+    """One row per trial: state, value, every param, epochs run, seconds, failure reason."""
+    keys: List[str] = []
+    for r in records:
+        keys += [k for k in r.params if k not in keys]
+    header = ["number", "state", "value", "backbone", "adapter", *[k for k in keys if k not in ("backbone", "adapter")],
+              "epochs_run", "seconds", "fail_reason"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({"number": r.number, "state": r.state, "value": r.value, "backbone": r.backbone,
+                             "adapter": r.adapter, **{k: v for k, v in r.params.items() if k in header},
+                             "epochs_run": r.epochs_run, "seconds": round(r.seconds, 3),
+                             "fail_reason": r.fail_reason or ""})
+
+
+def write_run_folder(out_dir: Path, summary: Dict[str, Any], records: List[TrialRecord]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".{SUMMARY_NAME}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(out_dir / SUMMARY_NAME)
+    write_trials_csv(out_dir / TRIALS_NAME, records)
+
+
+def leaderboard(records: List[TrialRecord], top: int = 10) -> List[TrialRecord]:
+    """Completed trials, best first (ties: earlier trial first)."""
+    done = [r for r in records if r.state == "complete" and r.value is not None]
+    return sorted(done, key=lambda r: (-r.value, r.number))[:top]

@@ -1,0 +1,345 @@
+"""Search-space files -> Optuna distributions; ``Space.suggest(trial)`` -> :class:`TrialParams`.
+
+A space file (YAML) names the backbones and adapters to choose from, the sampler and pruner,
+and the recipe knobs. Each knob is either a fixed value, a range ``{low, high, log, step}``, or
+``{choices: [...]}``; ``when: {other_knob: value}`` samples it only when it applies. See
+``docs/user-guide.md`` for the syntax.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import yaml
+
+from .errors import RegistryError, SpaceError
+
+#: Core knobs: (python type, default, lowest allowed, highest allowed).
+CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
+    "freeze_depth": (float, 0.0, 0.0, 1.0),
+    "head_lr": (float, 1e-3, 1e-7, 1.0),
+    "backbone_lr": (str, "multiplier", None, None),
+    "backbone_lr_mult": (float, 0.1, 0.0, 10.0),
+    "layer_decay": (float, 0.75, 0.0, 1.0),
+    "weight_decay": (float, 0.05, 0.0, 1.0),
+    "batch_size": (int, 32, 1, 4096),
+    "warmup_epochs": (int, 1, 0, 1000),
+    "label_smoothing": (float, 0.0, 0.0, 0.5),
+}
+CHOICES = {"backbone_lr": ("multiplier", "layer_decay")}
+TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "params",
+            "adapter_params"}
+SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
+SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar"}, "random": set()}
+PRUNERS = {"hyperband": {"reduction_factor"}, "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
+BUILTIN_SPACES = ("default", "quick")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One knob: fixed (``value``), a range, or choices; ``when`` gates it on earlier knobs."""
+
+    name: str
+    kind: str  # "fixed" | "float" | "int" | "categorical"
+    value: Any = None
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: Tuple[Any, ...] = ()
+    when: Mapping[str, Tuple[Any, ...]] = field(default_factory=dict)
+
+    def applies(self, sampled: Mapping[str, Any]) -> bool:
+        return all(sampled.get(k) in allowed for k, allowed in self.when.items())
+
+    def suggest(self, trial: Any, optuna_name: str) -> Any:
+        if self.kind == "fixed":
+            return self.value
+        if self.kind == "categorical":
+            return trial.suggest_categorical(optuna_name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(optuna_name, self.low, self.high, log=self.log, step=self.step or 1)
+        return trial.suggest_float(optuna_name, self.low, self.high, log=self.log, step=self.step)
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """Everything one trial trains with: the sampled knobs plus the fixed ones."""
+
+    backbone: str
+    adapter: str
+    freeze_depth: float
+    head_lr: float
+    backbone_lr: str
+    backbone_lr_mult: Optional[float]
+    layer_decay: Optional[float]
+    weight_decay: float
+    batch_size: int
+    warmup_epochs: int
+    label_smoothing: float
+    adapter_params: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        flat = asdict(self)
+        flat.pop("adapter_params")
+        flat.update({f"{self.adapter}.{k}": v for k, v in self.adapter_params.items()})
+        return flat
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A parsed and checked space file, not yet tied to the registries."""
+
+    path: str
+    description: str
+    epochs: int
+    min_epochs: int
+    include: Tuple[str, ...]
+    exclude: Tuple[str, ...]
+    adapters: Tuple[str, ...]
+    sampler: Mapping[str, Any]
+    pruner: Mapping[str, Any]
+    params: Tuple[ParamSpec, ...]
+    adapter_params: Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A space resolved against the registries: ready to sample trials."""
+
+    file: SpaceFile
+    backbones: Tuple[str, ...]
+    adapters: Tuple[str, ...]
+    adapter_specs: Mapping[str, Tuple[ParamSpec, ...]]
+    epochs: int
+
+    def suggest(self, trial: Any) -> TrialParams:
+        """Sample one trial's params; knobs gated by ``when`` are sampled only when they apply."""
+        backbone = trial.suggest_categorical("backbone", list(self.backbones))
+        adapter = trial.suggest_categorical("adapter", list(self.adapters))
+        sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
+        core = {name: None for name in CORE_PARAMS}
+        core.update({name: spec[1] for name, spec in CORE_PARAMS.items()
+                     if name not in ("backbone_lr_mult", "layer_decay")})
+        for spec in self.file.params:
+            if spec.applies(sampled):
+                sampled[spec.name] = core[spec.name] = spec.suggest(trial, spec.name)
+        if core["backbone_lr"] == "multiplier" and core["backbone_lr_mult"] is None:
+            core["backbone_lr_mult"] = CORE_PARAMS["backbone_lr_mult"][1]
+        if core["backbone_lr"] == "layer_decay" and core["layer_decay"] is None:
+            core["layer_decay"] = CORE_PARAMS["layer_decay"][1]
+        adapter_values: Dict[str, Any] = {}
+        for spec in self.adapter_specs.get(adapter, ()):
+            if spec.applies({**sampled, **{f"{adapter}.{k}": v for k, v in adapter_values.items()}}):
+                adapter_values[spec.name] = spec.suggest(trial, f"{adapter}.{spec.name}")
+        return TrialParams(backbone=backbone, adapter=adapter, adapter_params=adapter_values,
+                           **{k: (CORE_PARAMS[k][0](v) if v is not None else None) for k, v in core.items()})
+
+
+def _fail(path: str, key: str, problem: str, fix: str) -> SpaceError:
+    return SpaceError(f"{path}: {key}: {problem}", fix)
+
+
+def _number(path: str, key: str, value: Any, typ: type) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, key, f"expected a number, got {value!r}", "write a plain number")
+    if typ is int and float(value) != int(value):
+        raise _fail(path, key, f"expected a whole number, got {value!r}", "write an integer")
+    return typ(value)
+
+
+def parse_param(path: str, name: str, raw: Any, typ: type, lo: Any = None, hi: Any = None,
+                choices: Optional[Sequence[Any]] = None) -> ParamSpec:
+    """Check one knob's spec against its type and allowed range."""
+    key = f"params.{name}"
+
+    def check(value: Any) -> Any:
+        if choices is not None:
+            if value not in choices:
+                raise _fail(path, key, f"{value!r} is not one of {list(choices)}", "pick an allowed value")
+            return value
+        if typ is str:
+            return str(value)
+        if typ is object:
+            return value
+        value = _number(path, key, value, typ)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise _fail(path, key, f"{value!r} is outside [{lo}, {hi}]", f"keep it within [{lo}, {hi}]")
+        return value
+
+    if not isinstance(raw, Mapping):
+        return ParamSpec(name=name, kind="fixed", value=check(raw))
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise _fail(path, f"{key}.{sorted(unknown)[0]}", "unknown key", f"use only {sorted(SPEC_KEYS)}")
+    when = raw.get("when") or {}
+    if not isinstance(when, Mapping):
+        raise _fail(path, f"{key}.when", "expected a mapping such as {backbone_lr: multiplier}", "fix the when clause")
+    when = {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in when.items()}
+    if "choices" in raw:
+        if set(raw) & {"low", "high", "log", "step"}:
+            raise _fail(path, key, "has both choices and a range", "use one of them")
+        opts = raw["choices"]
+        if not isinstance(opts, list) or not opts:
+            raise _fail(path, f"{key}.choices", "expected a non-empty list", "list the values to choose from")
+        return ParamSpec(name=name, kind="categorical", choices=tuple(check(v) for v in opts), when=when)
+    if "low" not in raw or "high" not in raw:
+        raise _fail(path, key, "a range needs both low and high", "add low and high, or give a fixed value")
+    if typ is str or choices is not None:
+        raise _fail(path, key, "takes choices, not a range", f"write {{choices: [...]}}")
+    low, high = check(raw["low"]), check(raw["high"])
+    log = bool(raw.get("log", False))
+    step = raw.get("step")
+    if low >= high:
+        raise _fail(path, key, f"low ({low}) must be below high ({high})", "swap or widen the range")
+    if log and low <= 0:
+        raise _fail(path, key, f"a log range needs low > 0, got {low}", "raise low or drop log")
+    if step is not None:
+        step = _number(path, f"{key}.step", step, typ)
+        if step <= 0 or log:
+            raise _fail(path, f"{key}.step", "step must be positive and cannot be combined with log",
+                        "drop log or step")
+    kind = "int" if typ is int else "float"
+    return ParamSpec(name=name, kind=kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _string_list(path: str, key: str, value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _fail(path, key, f"expected a list of names or globs, got {value!r}", "write e.g. ['timm/*']")
+    return tuple(value)
+
+
+def _section(path: str, key: str, raw: Any, allowed: Mapping[str, set], default: str) -> Dict[str, Any]:
+    raw = raw or {"name": default}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping) or raw.get("name") not in allowed:
+        raise _fail(path, f"{key}.name", f"unknown {key} {raw.get('name') if isinstance(raw, Mapping) else raw!r}",
+                    f"use one of {sorted(allowed)}")
+    extra = set(raw) - {"name"} - allowed[raw["name"]]
+    if extra:
+        raise _fail(path, f"{key}.{sorted(extra)[0]}", "unknown key", f"{raw['name']} takes {sorted(allowed[raw['name']])}")
+    return dict(raw)
+
+
+def resolve_space_path(name_or_path: str) -> Path:
+    """A built-in space name (``default``, ``quick``) or a path to a YAML file."""
+    if name_or_path in BUILTIN_SPACES:
+        return Path(str(resources.files("autotl_search_spaces").joinpath(f"{name_or_path}.yaml")))
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise SpaceError(f"search space {name_or_path!r} is neither a built-in space nor a file",
+                         f"use one of {list(BUILTIN_SPACES)} or a path to a .yaml file")
+    return path
+
+
+def load_space_file(name_or_path: str) -> SpaceFile:
+    """Read and check a space file; every error names the file and the key."""
+    path = resolve_space_path(name_or_path)
+    shown = str(path) if name_or_path not in BUILTIN_SPACES else f"{name_or_path}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{shown}: not valid YAML ({str(exc).splitlines()[0]})", "fix the YAML syntax") from exc
+    if not isinstance(raw, Mapping):
+        raise SpaceError(f"{shown}: expected a mapping at the top level", "see docs/user-guide.md for the format")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise _fail(shown, sorted(unknown)[0], "unknown key", f"use only {sorted(TOP_KEYS)}")
+    epochs = _number(shown, "epochs", raw.get("epochs", 10), int)
+    min_epochs = _number(shown, "min_epochs", raw.get("min_epochs", 1), int)
+    if epochs < 1 or not 1 <= min_epochs <= epochs:
+        raise _fail(shown, "epochs", f"need 1 <= min_epochs ({min_epochs}) <= epochs ({epochs})", "fix the two values")
+    bb = raw.get("backbones", {"include": ["*"]})
+    if not isinstance(bb, Mapping):
+        bb = {"include": bb}
+    if set(bb) - {"include", "exclude"}:
+        raise _fail(shown, f"backbones.{sorted(set(bb) - {'include', 'exclude'})[0]}", "unknown key",
+                    "use include and exclude")
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, Mapping):
+        raise _fail(shown, "params", "expected a mapping of knob: spec", "see docs/user-guide.md")
+    params: List[ParamSpec] = []
+    for name, spec in params_raw.items():
+        if name not in CORE_PARAMS:
+            raise _fail(shown, f"params.{name}", "unknown knob",
+                        f"known knobs: {', '.join(CORE_PARAMS)} (adapter knobs go under adapter_params)")
+        typ, _default, lo, hi = CORE_PARAMS[name]
+        params.append(parse_param(shown, name, spec, typ, lo, hi, CHOICES.get(name)))
+    names = {p.name for p in params}
+    for p in params:
+        for dep in p.when:
+            if dep not in names and dep not in ("backbone", "adapter"):
+                raise _fail(shown, f"params.{p.name}.when.{dep}", "depends on a knob the file does not define",
+                            "define it earlier or drop the when clause")
+    adapter_params = raw.get("adapter_params") or {}
+    if not isinstance(adapter_params, Mapping) or not all(isinstance(v, Mapping) for v in adapter_params.values()):
+        raise _fail(shown, "adapter_params", "expected {adapter: {knob: spec}}", "see docs/user-guide.md")
+    return SpaceFile(
+        path=shown, description=str(raw.get("description", "")), epochs=epochs, min_epochs=min_epochs,
+        include=_string_list(shown, "backbones.include", bb.get("include", ["*"])),
+        exclude=_string_list(shown, "backbones.exclude", bb.get("exclude", [])) if bb.get("exclude") else (),
+        adapters=_string_list(shown, "adapters", raw.get("adapters", ["linear"])),
+        sampler=_section(shown, "sampler", raw.get("sampler"), SAMPLERS, "tpe"),
+        pruner=_section(shown, "pruner", raw.get("pruner"), PRUNERS, "hyperband"),
+        params=tuple(params), adapter_params={k: dict(v) for k, v in adapter_params.items()},
+    )
+
+
+def _adapter_specs(file: SpaceFile, adapter: Any) -> Tuple[ParamSpec, ...]:
+    """The adapter's own fragment, with the space file's overrides applied."""
+    fragment = dict(adapter.space)
+    overrides = file.adapter_params.get(adapter.name, {})
+    unknown = set(overrides) - set(fragment)
+    if unknown:
+        raise _fail(file.path, f"adapter_params.{adapter.name}.{sorted(unknown)[0]}", "unknown knob",
+                    f"adapter {adapter.name!r} takes {sorted(fragment) or 'no knobs'}")
+    fragment.update(overrides)
+    return tuple(parse_param(f"{file.path} (adapter {adapter.name})", name, spec, _infer_type(spec))
+                 for name, spec in fragment.items())
+
+
+def _infer_type(spec: Any) -> type:
+    """The type of an adapter knob, read off its spec: int ranges stay int, anything else as given."""
+    if isinstance(spec, Mapping) and "low" in spec:
+        ints = all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("low", "high"))
+        return int if ints else float
+    return object
+
+
+def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[str]] = None,
+                  epochs: Optional[int] = None) -> Space:
+    """Tie a space file to the registries: expand backbone globs, check adapters and their knobs.
+
+    Args:
+        backbones: ``--backbones`` globs; they replace the file's include list and its excludes.
+        epochs: ``--epochs``; replaces the file's max epochs per trial.
+    """
+    include, exclude = (tuple(backbones), ()) if backbones else (file.include, file.exclude)
+    key = "--backbones" if backbones else f"{file.path}: backbones"
+    try:
+        names = plugins.sources.match(include, exclude)
+    except RegistryError as exc:
+        raise SpaceError(f"{key}: {exc.what}", exc.fix or "run `autotl backbones` to see the registered names") from None
+    if not names:
+        raise SpaceError(f"{key}: every matching source model is excluded",
+                         "widen the include globs or drop some excludes")
+    adapter_specs = {}
+    for name in file.adapters:
+        if name not in plugins.adapters:
+            raise SpaceError(f"{file.path}: adapters: unknown target adapter {name!r}",
+                             f"registered: {', '.join(plugins.adapters.names()) or 'none'}")
+        adapter_specs[name] = _adapter_specs(file, plugins.adapters.get(name))
+    for name in file.adapter_params:
+        if name not in file.adapters:
+            raise _fail(file.path, f"adapter_params.{name}", "adapter is not in the adapters list",
+                        "add it to adapters or drop its params")
+    max_epochs = epochs if epochs is not None else file.epochs
+    if max_epochs < 1:
+        raise SpaceError(f"--epochs must be at least 1, got {max_epochs}", "pass --epochs 1 or more")
+    return Space(file=file, backbones=tuple(names), adapters=file.adapters, adapter_specs=adapter_specs,
+                 epochs=max_epochs)

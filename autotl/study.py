@@ -1,0 +1,209 @@
+"""The Optuna study: storage, sampler, pruner, and running trials end to end.
+
+Each trial samples params from the space, builds source + adapter, fine-tunes with a report
+to Optuna every epoch, and records what it did in the trial's user attrs (JSON only, so any
+storage accepts them). A trial that fails is stored as failed with its reason; the search goes
+on. The best trial's own weights are written to ``best/`` as soon as it finishes.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import optuna
+
+from . import __version__
+from .config import RunConfig
+from .data import Dataset
+from .errors import AutotlError, ConfigError, UsageError
+from .space import Space, TrialParams
+from .types import TrialRecord
+
+JOURNAL_NAME = "study.journal"
+DIRECTION = "maximize"  # every supported metric is higher-is-better
+
+
+def make_storage(url: Optional[str], out_dir: Path) -> Any:
+    """The study's storage: a journal file in the run folder, or any Optuna storage URL."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not url:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(out_dir / JOURNAL_NAME)))
+    if url.endswith(".journal") or url.startswith("journal:"):
+        path = url.split(":", 1)[1] if url.startswith("journal:") else url
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    try:
+        return optuna.storages.get_storage(url)
+    except Exception as exc:
+        raise UsageError(f"cannot open storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                         "check the URL (e.g. sqlite:///study.db or postgresql://host/db) and that the server runs") from exc
+
+
+def storage_label(url: Optional[str], out_dir: Path) -> str:
+    return url or str(out_dir / JOURNAL_NAME)
+
+
+def make_sampler(space: Space, seed: int, offset: int) -> optuna.samplers.BaseSampler:
+    """TPE (default) or random, seeded; ``offset`` (trials already in the study) keeps a resumed
+    search from replaying the first run's random startup points."""
+    cfg = dict(space.file.sampler)
+    name = cfg.pop("name")
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed + offset)
+    return optuna.samplers.TPESampler(seed=seed + offset, **cfg)
+
+
+def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    """Hyperband over epochs (default), median, or none."""
+    cfg = dict(space.file.pruner)
+    name = cfg.pop("name")
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(**cfg)
+    return optuna.pruners.HyperbandPruner(min_resource=min(space.file.min_epochs, space.epochs),
+                                          max_resource=space.epochs, reduction_factor=cfg.get("reduction_factor", 3))
+
+
+def open_study(config: RunConfig, name: str, storage: Any, space: Space) -> optuna.Study:
+    """Create the study, or load it to add trials; a resumed study must keep its metric."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    resumed = name in existing
+    if resumed:
+        probe = optuna.load_study(study_name=name, storage=storage)
+        metric = probe.user_attrs.get("metric")
+        if metric and metric != config.metric:
+            raise ConfigError(f"study {name!r} optimises {metric}, not {config.metric}",
+                              f"pass --metric {metric} or start a new study")
+        offset = len(probe.trials)
+    else:
+        offset = 0
+    study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
+                                sampler=make_sampler(space, config.seed, offset), pruner=make_pruner(space))
+    if not resumed:
+        study.set_user_attr("autotl_version", __version__)
+        study.set_user_attr("metric", config.metric)
+    return study
+
+
+def _json(value: Any) -> Any:
+    """JSON-safe user-attr values: persistent storages reject numpy scalars."""
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, AutotlError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def trial_record(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
+    """A :class:`TrialRecord` from a stored trial."""
+    ua = t.user_attrs
+    state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
+             optuna.trial.TrialState.FAIL: "fail"}.get(t.state, t.state.name.lower())
+    curve = list(ua.get("curve", []))
+    value = t.value if t.state == optuna.trial.TrialState.COMPLETE else (max(curve) if curve else None)
+    return TrialRecord(study=study_name, number=t.number, state=state, value=value,
+                       params=dict(ua.get("params", t.params)), backbone=ua.get("backbone", t.params.get("backbone")),
+                       adapter=ua.get("adapter", t.params.get("adapter")), curve=curve,
+                       epochs_run=int(ua.get("epochs_run", 0)), seconds=float(ua.get("seconds", 0.0)),
+                       fail_reason=ua.get("fail_reason"))
+
+
+@dataclass
+class TrialRunner:
+    """The objective: one trial from sampled params to a stored result and, if best, ``best/``."""
+
+    config: RunConfig
+    space: Space
+    dataset: Dataset
+    plugins: Any
+    device: Any
+    out_dir: Path
+    tensors: Any
+    on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import torch
+
+        from .model import build_model
+        from .trainer import fit
+
+        start = time.perf_counter()
+        model = result = None
+        try:
+            params = self.space.suggest(trial)
+            trial.set_user_attr("backbone", params.backbone)
+            trial.set_user_attr("adapter", params.adapter)
+            trial.set_user_attr("params", _json(params.as_dict()))
+            source = self.plugins.sources.get(params.backbone)
+            adapter = self.plugins.adapters.get(params.adapter)
+            torch.manual_seed(self.config.seed + trial.number)
+            model = build_model(source, adapter, len(self.dataset.classes), params.adapter_params)
+            train = self.tensors.get(self.dataset.train, model.data_config)
+            val = self.tensors.get(self.dataset.val, model.data_config)
+            result = fit(model, train, val, params, epochs=self.space.epochs, metric=self.config.metric,
+                         device=self.device, seed=self.config.seed + trial.number, reporter=trial)
+            trial.set_user_attr("curve", _json(result.curve))
+            trial.set_user_attr("train_loss", _json(result.train_loss))
+            trial.set_user_attr("epochs_run", result.epochs_run)
+            trial.set_user_attr("best_epoch", result.best_epoch + 1)
+            if result.pruned:
+                raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
+            value = float(result.best_value)
+            if not math.isfinite(value):
+                raise AutotlError(f"the validation {self.config.metric} is {value}", "check the validation data")
+            self.on_best(trial.number, value, params, model, result.state_dict)
+            return value
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            if type(exc).__name__ == "OutOfMemoryError":
+                reason = f"out of memory on {self.device}: {_one_line(exc)} (try a smaller batch_size)"
+            else:
+                reason = _one_line(exc)
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
+            del model, result
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def best_other_value(study: optuna.Study, number: int) -> Optional[float]:
+    """The best complete value among the study's other trials, or None."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.number != number and t.value is not None]
+    return max(values) if values else None
+
+
+def run_trials(study: optuna.Study, runner: TrialRunner, config: RunConfig,
+               on_trial: Callable[[TrialRecord], None]) -> None:
+    """``study.optimize`` with autotl's callbacks; failed trials are caught and the search goes on."""
+
+    def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        on_trial(trial_record(study.study_name, frozen))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+        study.optimize(runner, n_trials=config.n_trials, timeout=config.timeout, catch=(Exception,),
+                       callbacks=[callback], gc_after_trial=False)
+
+
+def records(study: optuna.Study) -> List[TrialRecord]:
+    return [trial_record(study.study_name, t) for t in study.get_trials(deepcopy=False)
+            if t.state != optuna.trial.TrialState.RUNNING and t.state != optuna.trial.TrialState.WAITING]

@@ -1,0 +1,145 @@
+"""The plain data objects that plugins register and that modules pass along.
+
+Nothing here imports torch, so the CLI starts fast. Fields typed ``Any`` hold
+torch objects (networks, tensors) created by plugins.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+#: Keys a timm-style data config may hold.
+DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A pretrained network that a search may start from.
+
+    Args:
+        name: unique, namespaced name such as ``timm/resnet50.a1_in1k`` or ``acme/xray-resnet``.
+        build: zero-argument callable returning the pretrained network (a ``torch.nn.Module``).
+            It may keep its source classifier; autotl replaces it.
+        data_config: timm-style preprocessing (``input_size``, ``mean``, ``std``,
+            ``interpolation``, ``crop_pct``). By default timm resolves it from the network.
+        layer_groups: for networks without timm's ``group_matcher``: regular expressions over
+            parameter names, one per layer group, in input-to-output order. Freeze depth and
+            layer-wise learning rates count these groups.
+        head: for networks without timm's ``reset_classifier``: the attribute path of the source
+            classifier (e.g. ``"fc"``), which autotl replaces. Leave empty when ``build`` already
+            returns pooled features.
+        num_features: width of the pooled features; inferred with one forward pass when missing.
+        architecture: the timm architecture (``resnet50``) that rebuilds this network with
+            ``timm.create_model``; lets exported models load without autotl.
+        model_kwargs: keyword arguments for ``timm.create_model`` besides ``num_classes``.
+        build_untrained: optional zero-argument callable returning the same architecture
+            without weights; ``autotl backbones`` uses it so listing never downloads.
+        modality: the input kind; ``"image"`` for now.
+        description: one line for ``autotl backbones``.
+        source_task: what the weights were trained on (``imagenet-1k``, ``builtin:digits-source``).
+        metadata: any further JSON-able facts (source accuracy, licence, ...).
+    """
+
+    name: str
+    build: Callable[[], Any]
+    data_config: Optional[Mapping[str, Any]] = None
+    layer_groups: Optional[Sequence[str]] = None
+    head: Optional[str] = None
+    num_features: Optional[int] = None
+    architecture: Optional[str] = None
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    build_untrained: Optional[Callable[[], Any]] = None
+    modality: str = "image"
+    description: str = ""
+    source_task: Optional[str] = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TargetAdapter:
+    """How a backbone is adapted to the target task (a linear head, an MLP head, LoRA, ...).
+
+    Args:
+        name: unique name such as ``linear``.
+        attach: ``attach(backbone, num_outputs, params) -> nn.Module``. ``backbone`` is the
+            source network with its source classifier already removed when autotl knows how;
+            ``params`` holds this adapter's sampled hyperparameters (without the prefix).
+            Parameters the adapter creates count as the head: they always train and get the
+            head's learning rate.
+        space: this adapter's hyperparameters as a search-space fragment, in the syntax of the
+            ``params`` section of a space file. They are sampled only when this adapter is chosen
+            and reach ``attach`` by their short names.
+        exports_plain_timm: True when the attached model is the plain timm network with a
+            ``num_classes`` head, so the exported weights load into ``timm.create_model``.
+        description: one line for listings.
+    """
+
+    name: str
+    attach: Callable[[Any, int, Mapping[str, Any]], Any]
+    space: Mapping[str, Any] = field(default_factory=dict)
+    exports_plain_timm: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A named dataset that ``builtin:NAME`` refers to.
+
+    Args:
+        name: the NAME in ``builtin:NAME``.
+        load: zero-argument callable returning ``{split: [(image, label), ...]}`` with split in
+            ``train``, ``val``, ``test`` (``val`` and ``test`` optional). Images are PIL images or
+            HxW(xC) uint8 arrays; labels are strings.
+        description: one line for listings.
+    """
+
+    name: str
+    load: Callable[[], Mapping[str, Sequence[tuple]]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """Settings the run passes to registration hooks (e.g. where the model zoo lives)."""
+
+    zoo_dir: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one finished trial did; passed to ``autotl_trial_finished``.
+
+    ``state`` is ``complete``, ``pruned`` or ``fail``; ``curve`` is the validation metric per
+    epoch; ``value`` is the best validation metric (None when failed).
+    """
+
+    study: str
+    number: int
+    state: str
+    value: Optional[float]
+    params: Mapping[str, Any]
+    backbone: Optional[str]
+    adapter: Optional[str]
+    curve: Sequence[float]
+    epochs_run: int
+    seconds: float
+    fail_reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a search left behind; passed to ``autotl_search_finished`` and returned by ``search()``."""
+
+    study: str
+    out_dir: str
+    storage: str
+    metric: str
+    direction: str
+    summary: Mapping[str, Any]
+    trials: Sequence[TrialRecord]
+
+    @property
+    def best(self) -> Optional[Mapping[str, Any]]:
+        """The ``best`` entry of ``summary.json``."""
+        return self.summary.get("best")

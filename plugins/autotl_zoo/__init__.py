@@ -1,0 +1,63 @@
+"""First-party plugin: every model in the model zoo folder becomes a source model ``zoo/<name>``.
+
+The zoo holds what ``autotl pretrain`` writes: ``<name>.safetensors`` beside ``<name>.json``
+(architecture, create_model kwargs, classes, data config, source task and accuracy). The folder is
+``--zoo DIR``, ``AUTOTL_ZOO``, or ``~/.cache/autotl/zoo``. A sidecar that cannot be read is
+skipped with a warning.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from autotl import SourceModel, hookimpl
+
+SIDE_CAR_KEYS = ("architecture", "num_classes")
+
+
+def zoo_source(sidecar: Path) -> SourceModel:
+    """The ``SourceModel`` described by a zoo sidecar JSON file."""
+    meta = json.loads(sidecar.read_text())
+    missing = [k for k in SIDE_CAR_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    weights = sidecar.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise ValueError(f"no weights file {weights.name}")
+    arch, kwargs, n = meta["architecture"], dict(meta.get("model_kwargs") or {}), int(meta["num_classes"])
+
+    def build():
+        import timm
+
+        return timm.create_model(arch, pretrained=True, num_classes=n, **kwargs,
+                                 pretrained_cfg_overlay=dict(file=str(weights), num_classes=n))
+
+    def build_untrained():
+        import timm
+
+        return timm.create_model(arch, pretrained=False, num_classes=n, **kwargs)
+
+    acc = meta.get("accuracy")
+    return SourceModel(
+        name=f"zoo/{sidecar.stem}", build=build, build_untrained=build_untrained,
+        data_config=meta.get("data_config"), architecture=arch, model_kwargs=kwargs,
+        description=f"{arch} pretrained on {meta.get('source_task', '?')}"
+                    + (f" (val accuracy {acc:.3f})" if isinstance(acc, (int, float)) else ""),
+        source_task=meta.get("source_task"),
+        metadata={k: meta[k] for k in ("accuracy", "classes", "epochs") if k in meta} | {"weights": str(weights)},
+    )
+
+
+@hookimpl
+def autotl_register_source_models(register, settings):
+    folder = Path(settings.zoo_dir)
+    if not folder.is_dir():
+        return
+    for sidecar in sorted(folder.glob("*.json")):
+        try:
+            source = zoo_source(sidecar)
+        except (ValueError, OSError) as exc:
+            warnings.warn(f"zoo: skipped {sidecar.name}: {exc}", stacklevel=2)
+            continue
+        register(source)
