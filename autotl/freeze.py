@@ -6,6 +6,7 @@ parameters are all frozen keep their running statistics fixed.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, List, Tuple
 
 from torch import nn
@@ -14,8 +15,8 @@ from .model import AdaptedModel
 
 
 def frozen_group_count(depth: float, n_groups: int) -> int:
-    """How many of ``n_groups`` groups a freeze depth in [0, 1] freezes."""
-    return int(round(max(0.0, min(1.0, depth)) * n_groups))
+    """How many of ``n_groups`` groups a freeze depth in [0, 1] freezes (halves round up)."""
+    return int(math.floor(max(0.0, min(1.0, depth)) * n_groups + 0.5))
 
 
 def apply_freeze_depth(model: AdaptedModel, depth: float) -> List[str]:

@@ -105,6 +105,26 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> List[torch.
     return chunks
 
 
+def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_epoch: int):
+    """timm's AdamW over autotl's parameter groups, and timm's cosine schedule with warmup, stepped per update.
+
+    Every group's learning rate is ``head_lr * lr_scale`` times the schedule's factor; timm's
+    scheduler applies ``lr_scale``.
+    """
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    groups = optimizer_param_groups(model, weight_decay=params.weight_decay, backbone_lr=params.backbone_lr,
+                                    backbone_lr_mult=params.backbone_lr_mult or 1.0,
+                                    layer_decay=params.layer_decay or 1.0)
+    optimizer = create_optimizer_v2(groups, opt="adamw", lr=params.head_lr, weight_decay=params.weight_decay)
+    warmup = int(min(params.warmup_epochs, max(0, epochs - 1)))
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
+                                       warmup_lr=params.head_lr * 0.01, min_lr=params.head_lr * 1e-3,
+                                       step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    return optimizer, scheduler
+
+
 def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None) -> FitResult:
@@ -118,9 +138,6 @@ def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, e
     Raises:
         TrialError: the loss became NaN or infinite.
     """
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     module = model.module
@@ -130,15 +147,8 @@ def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, e
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
 
-    groups = optimizer_param_groups(model, weight_decay=params.weight_decay, backbone_lr=params.backbone_lr,
-                                    backbone_lr_mult=params.backbone_lr_mult or 1.0,
-                                    layer_decay=params.layer_decay or 1.0)
-    optimizer = create_optimizer_v2(groups, opt="adamw", lr=params.head_lr, weight_decay=params.weight_decay)
     steps = len(_batches(len(train), params.batch_size, torch.Generator().manual_seed(0)))
-    warmup = int(min(params.warmup_epochs, max(0, epochs - 1)))
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
-                                       warmup_lr=params.head_lr * 0.01, min_lr=params.head_lr * 1e-3,
-                                       step_on_epochs=False, updates_per_epoch=steps)
+    optimizer, scheduler = make_optimizer(model, params, epochs=epochs, steps_per_epoch=steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     autocast, amp_dtype = _autocast(device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny image datasets made on the fly, an isolated zoo, fast torch settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TESTS = Path(__file__).parent
+FIXTURE_PLUGINS = TESTS / "plugins"
+COLORS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "owl": (40, 40, 200)}
+
+
+def make_image(path: Path, label: str, rng: np.random.RandomState, size: int = 32) -> None:
+    """A learnable image: the class's colour plus noise, with a class-dependent bar."""
+    base = np.array(COLORS.get(label, (128, 128, 128)), dtype=np.float32)
+    img = np.clip(base + rng.normal(0, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    k = list(COLORS).index(label) if label in COLORS else 0
+    img[:, k * 8:(k * 8) + 6, :] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def make_folder(root: Path, per_class: int = 12, classes=("cat", "dog", "owl"), seed: int = 0) -> Path:
+    rng = np.random.RandomState(seed)
+    for label in classes:
+        for i in range(per_class):
+            make_image(root / label / f"{label}_{i}.png", label, rng)
+    return root
+
+
+def make_split_folder(root: Path, counts=None) -> Path:
+    counts = counts or {"train": 10, "val": 5, "test": 6}
+    for i, (split, n) in enumerate(counts.items()):
+        make_folder(root / split, per_class=n, seed=i)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty zoo and timm weights folder, and never reaches the hub."""
+    monkeypatch.setenv("AUTOTL_ZOO", str(tmp_path_factory.mktemp("zoo")))
+    monkeypatch.setenv("AUTOTL_TIMM_WEIGHTS", str(tmp_path_factory.mktemp("timm_weights")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    return make_split_folder(tmp_path / "split")
+
+
+@pytest.fixture
+def plugins():
+    from autotl import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,169 @@
+"""Plugin loading: every path, the order, and every way a plugin can break the contract."""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from autotl import PluginError, SourceModel, TargetAdapter, get_plugin_manager
+from autotl.plugins import BUILTIN_PLUGINS
+from conftest import FIXTURE_PLUGINS
+
+
+def names(plugins):
+    return [row["name"] for row in plugins.describe()]
+
+
+def test_builtins_load_first_and_register(plugins):
+    assert names(plugins)[: len(BUILTIN_PLUGINS)] == list(BUILTIN_PLUGINS)
+    assert "timm/test_resnet" in plugins.sources
+    assert plugins.sources.owner("timm/test_resnet") == "autotl_timm"
+    assert "linear" in plugins.adapters
+    assert "digits" in plugins.datasets
+    assert isinstance(plugins.sources.get("timm/test_vit"), SourceModel)
+    assert isinstance(plugins.adapters.get("linear"), TargetAdapter)
+
+
+def test_plugin_file_and_module(monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURE_PLUGINS))
+    by_file = get_plugin_manager([str(FIXTURE_PLUGINS / "custom_net.py")])
+    assert "acme/tiny" in by_file.sources and "dropout_linear" in by_file.adapters
+    assert by_file.sources.owner("acme/tiny") == "custom_net"
+    by_module = get_plugin_manager(["observer"])
+    assert "observer" in names(by_module)
+
+
+def test_plugins_dir_loads_every_file(tmp_path):
+    (tmp_path / "one.py").write_text(textwrap.dedent("""
+        from autotl import SourceModel, hookimpl
+        @hookimpl
+        def autotl_register_source_models(register):
+            register(SourceModel(name="dir/one", build=lambda: None))
+    """))
+    (tmp_path / "_private.py").write_text("raise RuntimeError('must not load')\n")
+    plugins = get_plugin_manager(plugins_dir=str(tmp_path))
+    assert "dir/one" in plugins.sources
+    assert names(plugins)[-1] == "one"
+
+
+def _install_entry_point(tmp_path, monkeypatch, module_name: str, body: str):
+    """A real installed distribution with an `autotl` entry point, found through sys.path."""
+    (tmp_path / f"{module_name}.py").write_text(textwrap.dedent(body))
+    dist = tmp_path / f"{module_name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module_name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[autotl]\n{module_name} = {module_name}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+ENTRY_BODY = """
+    from autotl import SourceModel, hookimpl
+    @hookimpl
+    def autotl_register_source_models(register):
+        register(SourceModel(name="ep/net", build=lambda: None))
+"""
+
+
+def test_entry_points_load_after_builtins_and_before_cli_plugins(tmp_path, monkeypatch):
+    _install_entry_point(tmp_path, monkeypatch, "autotl_ep_demo", ENTRY_BODY)
+    plugins = get_plugin_manager([str(FIXTURE_PLUGINS / "observer.py")])
+    order = names(plugins)
+    assert order.index("autotl_ep_demo") > order.index("autotl_datasets")
+    assert order.index("autotl_ep_demo") < order.index("observer")
+    assert "ep/net" in plugins.sources
+
+
+def test_autoload_can_be_disabled(tmp_path, monkeypatch):
+    _install_entry_point(tmp_path, monkeypatch, "autotl_ep_off", ENTRY_BODY)
+    monkeypatch.setenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD", "1")
+    plugins = get_plugin_manager()
+    assert "autotl_ep_off" not in names(plugins)
+    assert "ep/net" not in plugins.sources
+
+
+def test_broken_entry_point_names_itself(tmp_path, monkeypatch):
+    _install_entry_point(tmp_path, monkeypatch, "autotl_ep_broken", "import not_a_module_anywhere\n")
+    with pytest.raises(PluginError, match="autotl_ep_broken.*failed to import"):
+        get_plugin_manager()
+
+
+def test_block_plugin(plugins):
+    blocked = get_plugin_manager(blocked=["autotl_zoo"])
+    assert "autotl_zoo" not in names(blocked)
+
+
+@pytest.mark.parametrize("fixture, pattern", [
+    ("bad_import.py", r"plugin 'bad_import' failed to import: ModuleNotFoundError"),
+    ("unknown_hook.py", r"plugin 'unknown_hook' implements an unknown hook.*autotl_register_source_modles"),
+    ("duplicate.py", r"plugin 'duplicate' registered source model 'timm/test_resnet', already registered by plugin 'autotl_timm'"),
+    ("wrong_type.py", r"plugin 'wrong_type' registered a dict as a source model"),
+])
+def test_bad_plugins_stop_with_one_line_naming_them(fixture, pattern):
+    with pytest.raises(PluginError, match=pattern) as info:
+        get_plugin_manager([str(FIXTURE_PLUGINS / fixture)])
+    assert "\n" not in str(info.value)
+
+
+def test_missing_plugin_file_and_dir():
+    with pytest.raises(PluginError, match="does not exist"):
+        get_plugin_manager(["nowhere/plugin.py"])
+    with pytest.raises(PluginError, match="plugins folder"):
+        get_plugin_manager(plugins_dir="nowhere")
+
+
+def test_same_plugin_twice_is_refused():
+    path = str(FIXTURE_PLUGINS / "observer.py")
+    with pytest.raises(PluginError, match="loaded twice"):
+        get_plugin_manager([path, path])
+
+
+def test_unknown_name_suggests_close_match(plugins):
+    from autotl import RegistryError
+
+    with pytest.raises(RegistryError, match="did you mean 'timm/test_resnet'"):
+        plugins.sources.get("timm/test_resnt")
+
+
+def test_hook_with_bad_argument_is_refused(tmp_path):
+    path = tmp_path / "bad_args.py"
+    path.write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        @hookimpl
+        def autotl_register_source_models(register, colour):
+            pass
+    """))
+    with pytest.raises(PluginError, match="plugin 'bad_args' has a bad hook"):
+        get_plugin_manager([str(path)])
+
+
+def test_registration_hook_may_take_settings(tmp_path):
+    path = tmp_path / "settings_user.py"
+    path.write_text(textwrap.dedent("""
+        from autotl import SourceModel, hookimpl
+        @hookimpl
+        def autotl_register_source_models(register, settings):
+            register(SourceModel(name="zoo-echo/" + settings.zoo_dir.strip("/").replace("/", "_"), build=lambda: None))
+    """))
+    plugins = get_plugin_manager([str(path)], zoo_dir=str(tmp_path / "z"))
+    assert any(n.startswith("zoo-echo/") and n.endswith("_z") for n in plugins.sources.names())
+
+
+def test_plugin_raising_in_registration_is_named(tmp_path):
+    path = tmp_path / "raiser.py"
+    path.write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        @hookimpl
+        def autotl_register_target_adapters(register):
+            raise ValueError("boom")
+    """))
+    with pytest.raises(PluginError, match="plugin 'raiser' failed in autotl_register_target_adapters: ValueError: boom"):
+        get_plugin_manager([str(path)])
+
+
+def test_no_plugin_loaded_at_import():
+    import subprocess
+
+    code = "import autotl, sys; print(any(m.startswith('autotl_timm') for m in sys.modules), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]

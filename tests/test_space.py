@@ -1,0 +1,138 @@
+"""Search-space files: built-ins load, bad files fail with one line naming file and key."""
+from __future__ import annotations
+
+import textwrap
+
+import optuna
+import pytest
+
+from autotl import SpaceError, get_plugin_manager
+from autotl.space import BUILTIN_SPACES, load_space_file, resolve_space
+from conftest import FIXTURE_PLUGINS
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", BUILTIN_SPACES)
+def test_builtin_spaces_load_and_sample(name, plugins):
+    space = resolve_space(load_space_file(name), plugins, backbones=["timm/test_*"])
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        params = space.suggest(study.ask())
+        assert params.backbone.startswith("timm/test_")
+        assert 0.0 <= params.freeze_depth <= 1.0
+        assert params.head_lr > 0
+        assert (params.backbone_lr_mult is not None) == (params.backbone_lr == "multiplier")
+        assert (params.layer_decay is not None) == (params.backbone_lr == "layer_decay")
+
+
+def test_default_space_excludes_test_models(plugins):
+    space = resolve_space(load_space_file("default"), plugins)
+    assert not any(b.startswith("timm/test_") for b in space.backbones)
+    assert "timm/resnet50.a1_in1k" in space.backbones
+
+
+def test_conditional_knobs_are_sampled_only_when_they_apply(tmp_path, plugins):
+    path = write(tmp_path, """
+        backbones: ["timm/test_resnet"]
+        params:
+          backbone_lr: {choices: [multiplier, layer_decay]}
+          backbone_lr_mult: {low: 0.01, high: 1.0, log: true, when: {backbone_lr: multiplier}}
+          layer_decay: {low: 0.5, high: 1.0, when: {backbone_lr: layer_decay}}
+    """)
+    space = resolve_space(load_space_file(path), plugins)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = space.suggest(trial)
+        seen.add(params.backbone_lr)
+        if params.backbone_lr == "multiplier":
+            assert "backbone_lr_mult" in trial.params and "layer_decay" not in trial.params
+        else:
+            assert "layer_decay" in trial.params and "backbone_lr_mult" not in trial.params
+        study.tell(trial, 0.5)
+    assert seen == {"multiplier", "layer_decay"}
+
+
+def test_fixed_values_and_int_knobs(tmp_path, plugins):
+    path = write(tmp_path, """
+        backbones: ["timm/test_resnet"]
+        params:
+          head_lr: 0.005
+          batch_size: {low: 8, high: 64, step: 8}
+    """)
+    space = resolve_space(load_space_file(path), plugins)
+    trial = optuna.create_study(direction="maximize").ask()
+    params = space.suggest(trial)
+    assert params.head_lr == 0.005 and "head_lr" not in trial.params
+    assert isinstance(params.batch_size, int) and params.batch_size % 8 == 0
+
+
+def test_adapter_fragment_is_sampled_with_prefix(tmp_path):
+    plugins = get_plugin_manager([str(FIXTURE_PLUGINS / "custom_net.py")])
+    path = write(tmp_path, """
+        backbones: ["acme/tiny"]
+        adapters: [dropout_linear]
+        adapter_params:
+          dropout_linear: {dropout: {low: 0.1, high: 0.2}}
+    """)
+    space = resolve_space(load_space_file(path), plugins)
+    trial = optuna.create_study(direction="maximize").ask()
+    params = space.suggest(trial)
+    assert 0.1 <= params.adapter_params["dropout"] <= 0.2
+    assert "dropout_linear.dropout" in trial.params
+    assert params.as_dict()["dropout_linear.dropout"] == params.adapter_params["dropout"]
+
+
+@pytest.mark.parametrize("body, pattern", [
+    ("colour: red\n", r"space.yaml: colour: unknown key"),
+    ("params:\n  learning_rate: 0.1\n", r"space.yaml: params.learning_rate: unknown knob"),
+    ("params:\n  head_lr: {low: 0.1, high: 0.01}\n", r"params.head_lr: low \(0.1\) must be below high \(0.01\)"),
+    ("params:\n  head_lr: {low: 0.0000000001, high: 0.1, log: true}\n", r"params.head_lr: 1e-10 is outside"),
+    ("params:\n  freeze_depth: {low: 0.0, high: 2.0}\n", r"params.freeze_depth: 2.0 is outside \[0.0, 1.0\]"),
+    ("params:\n  weight_decay: {low: 0.0, high: 0.1, log: true}\n", r"params.weight_decay: a log range needs low > 0"),
+    ("params:\n  backbone_lr: sideways\n", r"params.backbone_lr: 'sideways' is not one of"),
+    ("params:\n  head_lr: {low: 0.01}\n", r"params.head_lr: a range needs both low and high"),
+    ("params:\n  head_lr: {low: 0.001, high: 0.01, spread: 2}\n", r"params.head_lr.spread: unknown key"),
+    ("params:\n  batch_size: {low: 8.5, high: 64}\n", r"params.batch_size: expected a whole number"),
+    ("params:\n  layer_decay: {low: 0.5, high: 0.9, when: {optimizer: sgd}}\n", r"params.layer_decay.when.optimizer"),
+    ("sampler: {name: cmaes}\n", r"sampler.name: unknown sampler"),
+    ("pruner: {name: hyperband, patience: 3}\n", r"pruner.patience: unknown key"),
+    ("epochs: 0\n", r"space.yaml: epochs"),
+    ("params: [1, 2]\n", r"params: expected a mapping"),
+    ("params: {head_lr: 0.1\n", r"space.yaml: not valid YAML"),
+])
+def test_bad_space_files(tmp_path, plugins, body, pattern):
+    path = write(tmp_path, body)
+    with pytest.raises(SpaceError, match=pattern) as info:
+        resolve_space(load_space_file(path), plugins)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body, pattern", [
+    ("backbones: ['acme/*']\n", r"space.yaml: backbones: no source model matches 'acme/\*'"),
+    ("backbones: ['timm/test_resnt']\n", r"did you mean 'timm/test_resnet'"),
+    ("adapters: [lora]\n", r"space.yaml: adapters: unknown target adapter 'lora'"),
+    ("adapter_params: {linear: {rank: 4}}\n", r"adapter_params.linear.rank: unknown knob"),
+    ("backbones: {include: ['timm/test_vit'], exclude: ['timm/*']}\n", r"every matching source model is excluded"),
+])
+def test_space_checked_against_registries(tmp_path, plugins, body, pattern):
+    with pytest.raises(SpaceError, match=pattern):
+        resolve_space(load_space_file(write(tmp_path, body)), plugins)
+
+
+def test_unknown_space_name():
+    with pytest.raises(SpaceError, match="'huge' is neither a built-in space nor a file"):
+        load_space_file("huge")
+
+
+def test_cli_backbones_override_and_unknown(plugins):
+    space = resolve_space(load_space_file("default"), plugins, backbones=["timm/test_vit"])
+    assert space.backbones == ("timm/test_vit",)
+    with pytest.raises(SpaceError, match="--backbones: no source model matches 'nope/\\*'"):
+        resolve_space(load_space_file("default"), plugins, backbones=["nope/*"])
