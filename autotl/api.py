@@ -113,7 +113,7 @@ def pretrain(data: str, *, backbone: str, out: str, epochs: int = 10, lr: float 
              seed: int = 0, device: str = "auto", plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
              zoo: Optional[str] = None) -> Dict[str, Any]:
     """Train a registered source model on a source task; write weights and a sidecar JSON."""
-    from .pretrain import pretrain_source
+    from .pretraining import pretrain_source
 
     loaded = load_plugins(plugins, plugins_dir, zoo)
     return pretrain_source(data, loaded, backbone=backbone, out=out, epochs=epochs, lr=lr, batch_size=batch_size,

@@ -46,13 +46,16 @@ def weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
 
 
-def _create(architecture: str, weights: Optional[str], hub: bool, kwargs: Mapping[str, Any], **extra: Any):
+def _create(architecture: str, weights: Optional[str], hub: bool, kwargs: Mapping[str, Any]):
     import timm
 
     if weights:
+        # A local file may carry a classifier of any size; build without one (autotl adds its own head)
+        # so timm drops the file's classifier instead of failing on a shape mismatch.
+        kwargs = {"num_classes": 0, **kwargs}
         return timm.create_model(architecture, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)),
-                                 **kwargs, **extra)
-    return timm.create_model(architecture, pretrained=hub, **kwargs, **extra)
+                                 **kwargs)
+    return timm.create_model(architecture, pretrained=hub, **kwargs)
 
 
 def timm_source(name: str, architecture: str, *, weights: Optional[str] = None, hub: bool = True,
