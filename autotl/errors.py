@@ -17,9 +17,9 @@ class AutotlError(Exception):
     exit_code = 1
 
     def __init__(self, what: str, fix: str = "") -> None:
-        self.what = what
-        self.fix = fix
-        super().__init__(f"{what} — {fix}" if fix else what)
+        self.what = " ".join(str(what).split())  # always one line, even when wrapping another error
+        self.fix = " ".join(str(fix).split())
+        super().__init__(f"{self.what} — {self.fix}" if self.fix else self.what)
 
 
 class UsageError(AutotlError):

@@ -104,7 +104,7 @@ def _json(value: Any) -> Any:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, AutotlError):
         return str(exc)
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -17,7 +17,8 @@ def autotl_register_source_models(register):
         register(SourceModel(
             name=f"theirs/{arch}",
             build=lambda arch=arch, kwargs=kwargs: timm.create_model(
-                arch, pretrained=True, pretrained_cfg_overlay=dict(file=WEIGHTS.replace("ARCH", arch)), **kwargs),
+                arch, pretrained=True, num_classes=0,  # their file's head size does not matter
+                pretrained_cfg_overlay=dict(file=WEIGHTS.replace("ARCH", arch)), **kwargs),
             data_config={"input_size": (3, 32, 32)},
             architecture=arch, model_kwargs=kwargs,
             description=f"their {arch}",
