@@ -32,7 +32,7 @@ demo: setup
 	  fi; \
 	done
 	$(BIN)/autotl search builtin:digits --space quick --backbones 'zoo/digits-*' --zoo "$(ZOO)" \
-	  --trials 12 --epochs 8 --seed 0 --device cpu --out $(DEMO_OUT)
+	  --trials 20 --epochs 8 --seed 0 --device cpu --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

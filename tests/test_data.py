@@ -131,3 +131,14 @@ def test_unknown_builtin(plugins):
 
     with pytest.raises(RegistryError, match="unknown dataset 'digit'.*did you mean 'digits'"):
         load_dataset("builtin:digit", plugins)
+
+
+def test_dataset_plugin_registers_a_builtin():
+    from autotl import get_plugin_manager
+    from conftest import FIXTURE_PLUGINS
+
+    plugins = get_plugin_manager([str(FIXTURE_PLUGINS / "colours_dataset.py")])
+    assert plugins.datasets.owner("colours") == "colours_dataset"
+    ds = load_dataset("builtin:colours", plugins)
+    assert ds.classes == ("blue", "red") and ds.val_from == "given"
+    assert (len(ds.train), len(ds.val)) == (8, 4) and ds.train.images[0].size == (16, 16)
