@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import RunConfig
@@ -64,7 +65,10 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     def trial_done(record: TrialRecord) -> None:
         plugins.trial_finished(record)
         if on_trial is not None:
-            on_trial(record)
+            try:
+                on_trial(record)
+            except Exception as exc:  # a progress callback never stops the search
+                warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
     runner = TrialRunner(config=config, space=space, dataset=dataset, plugins=plugins, device=device,
                          out_dir=out_dir, tensors=TensorCache(), on_best=on_best)
@@ -100,22 +104,23 @@ def list_backbones(plugins: Any) -> List[Dict[str, Any]]:
 
 
 def predict(model_dir: str, images: Sequence[str], *, out: Optional[str] = None, device: str = "auto",
-            plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None) -> List[Dict[str, Any]]:
+            plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None,
+            blocked: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Predict images with a run folder's (or model folder's) best model; see :func:`autotl.export.predict`."""
     from .export import predict as _predict, read_config
 
     _, config = read_config(model_dir)
-    loaded = None if config.get("format") == "timm" else load_plugins(plugins, plugins_dir, zoo)
+    loaded = None if config.get("format") == "timm" else load_plugins(plugins, plugins_dir, zoo, blocked)
     return _predict(model_dir, images, plugins=loaded, device=device, out=out)
 
 
 def pretrain(data: str, *, backbone: str, out: str, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
              seed: int = 0, device: str = "auto", plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
-             zoo: Optional[str] = None) -> Dict[str, Any]:
+             zoo: Optional[str] = None, blocked: Sequence[str] = ()) -> Dict[str, Any]:
     """Train a registered source model on a source task; write weights and a sidecar JSON."""
     from .pretraining import pretrain_source
 
-    loaded = load_plugins(plugins, plugins_dir, zoo)
+    loaded = load_plugins(plugins, plugins_dir, zoo, blocked)
     return pretrain_source(data, loaded, backbone=backbone, out=out, epochs=epochs, lr=lr, batch_size=batch_size,
                            seed=seed, device=device)
 

@@ -77,6 +77,10 @@ def _plugin_kwargs(args: argparse.Namespace) -> dict:
     return {"plugins": tuple(args.plugin), "plugins_dir": args.plugins_dir, "zoo": args.zoo}
 
 
+def _plugin_and_block_kwargs(args: argparse.Namespace) -> dict:
+    return {**_plugin_kwargs(args), "blocked": tuple(args.block_plugin)}
+
+
 def _fmt(value: Any, width: int = 0) -> str:
     if isinstance(value, float):
         text = f"{value:.4g}"
@@ -142,7 +146,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from .api import pretrain
 
     info = pretrain(args.data, backbone=args.backbone, out=args.out, epochs=args.epochs, lr=args.lr,
-                    batch_size=args.batch_size, seed=args.seed, device=args.device, **_plugin_kwargs(args))
+                    batch_size=args.batch_size, seed=args.seed, device=args.device, **_plugin_and_block_kwargs(args))
     print(f"pretrained {info['source_model']} on {info['source_task']}: val accuracy {info['accuracy']:.4f}")
     print(f"wrote {info['weights']} and {os.path.splitext(info['weights'])[0]}.json")
     return 0
@@ -151,7 +155,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict
 
-    rows = predict(args.model, args.images, out=args.out, device=args.device, **_plugin_kwargs(args))
+    rows = predict(args.model, args.images, out=args.out, device=args.device, **_plugin_and_block_kwargs(args))
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
     else:

@@ -147,7 +147,11 @@ def _csv_splits(path: Path) -> Dict[str, List[Item]]:
 
 def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
     source = plugins.datasets.get(name)
-    raw = source.load()
+    try:
+        raw = source.load()
+    except Exception as exc:
+        raise DataError(f"builtin dataset {name!r} (plugin {plugins.datasets.owner(name)!r}) failed to load: "
+                        f"{type(exc).__name__}: {exc}", "fix the dataset plugin") from exc
     if "train" not in raw:
         raise DataError(f"builtin dataset {name!r} has no train split", "fix the dataset plugin")
     return {split: [(img, str(label), f"{name}/{split}/{i}") for i, (img, label) in enumerate(rows)]

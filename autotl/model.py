@@ -61,11 +61,15 @@ def resolve_data_config(source: SourceModel, net: Optional[nn.Module] = None) ->
     return out
 
 
-def infer_num_features(net: nn.Module, data_config: Mapping[str, Any]) -> int:
-    """Width of the pooled features, from ``num_features`` or one forward pass."""
-    width = getattr(net, "num_features", None)
-    if isinstance(width, int) and width > 0:
-        return width
+def feature_width(net: nn.Module, source: SourceModel, data_config: Mapping[str, Any]) -> int:
+    """Width of what the headless backbone returns, which adapters size their layers by.
+
+    The source's ``num_features``, else timm's ``head_hidden_size`` (the pre-logits width, which
+    differs from ``num_features`` in e.g. MobileNetV3), else ``num_features``, else one forward pass.
+    """
+    for width in (source.num_features, getattr(net, "head_hidden_size", None), getattr(net, "num_features", None)):
+        if isinstance(width, int) and width > 0:
+            return width
     was_training = net.training
     net.eval()
     with torch.no_grad():
@@ -120,14 +124,16 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
     param_of = dict(net.named_parameters())
     groups_by_id = [[id(param_of[n]) for n in g] for g in layer_groups(net, source)]
     backbone_ids = {id(p) for p in net.parameters()}
-    if not getattr(net, "num_features", None):
-        try:
-            net.num_features = infer_num_features(net, data_config)
-        except TrialError:
-            raise
-        except Exception as exc:
-            raise TrialError(f"could not run source model {source.name!r} on a {data_config['input_size']} input: {exc}",
-                             "check its data_config input_size") from exc
+    try:
+        # Adapters size their layers by ``backbone.feature_width``; ``num_features`` keeps timm's meaning.
+        net.feature_width = feature_width(net, source, data_config)
+        if not getattr(net, "num_features", None):
+            net.num_features = net.feature_width
+    except TrialError:
+        raise
+    except Exception as exc:
+        raise TrialError(f"could not run source model {source.name!r} on a {data_config['input_size']} input: {exc}",
+                         "check its data_config input_size") from exc
     try:
         module = adapter.attach(net, num_outputs, dict(adapter_params))
     except Exception as exc:

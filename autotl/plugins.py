@@ -103,7 +103,7 @@ def _origin(plugin: Any) -> str:
 def _load_module(spec: str) -> Any:
     """Import a plugin given as a module name or a path to a ``.py`` file."""
     path = Path(spec)
-    if spec.endswith(".py") or path.exists():
+    if spec.endswith(".py") or os.sep in spec:
         if not path.is_file():
             raise PluginError(f"plugin file {spec!r} does not exist", "check the path given to --plugin")
         mod_name = f"autotl_plugin_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
@@ -138,6 +138,9 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name!r} has a bad hook: {exc}", "match the hook signatures in docs/plugins.md") from exc
+    except ValueError as exc:  # the same module already registered under another name
+        raise PluginError(f"plugin {name!r} is already loaded as {pm.get_name(plugin)!r}",
+                          "load it only once (built-in, entry point, --plugin)") from exc
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

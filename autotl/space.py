@@ -132,7 +132,7 @@ class Space:
             core["layer_decay"] = CORE_PARAMS["layer_decay"][1]
         adapter_values: Dict[str, Any] = {}
         for spec in self.adapter_specs.get(adapter, ()):
-            if spec.applies({**sampled, **{f"{adapter}.{k}": v for k, v in adapter_values.items()}}):
+            if spec.applies({**sampled, **adapter_values}):
                 adapter_values[spec.name] = spec.suggest(trial, f"{adapter}.{spec.name}")
         return TrialParams(backbone=backbone, adapter=adapter, adapter_params=adapter_values,
                            **{k: (CORE_PARAMS[k][0](v) if v is not None else None) for k, v in core.items()})
@@ -270,12 +270,7 @@ def load_space_file(name_or_path: str) -> SpaceFile:
                         f"known knobs: {', '.join(CORE_PARAMS)} (adapter knobs go under adapter_params)")
         typ, _default, lo, hi = CORE_PARAMS[name]
         params.append(parse_param(shown, name, spec, typ, lo, hi, CHOICES.get(name)))
-    names = {p.name for p in params}
-    for p in params:
-        for dep in p.when:
-            if dep not in names and dep not in ("backbone", "adapter"):
-                raise _fail(shown, f"params.{p.name}.when.{dep}", "depends on a knob the file does not define",
-                            "define it earlier or drop the when clause")
+    _check_when(shown, "params", params, defined={"backbone", "adapter"})
     adapter_params = raw.get("adapter_params") or {}
     if not isinstance(adapter_params, Mapping) or not all(isinstance(v, Mapping) for v in adapter_params.values()):
         raise _fail(shown, "adapter_params", "expected {adapter: {knob: spec}}", "see docs/user-guide.md")
@@ -290,6 +285,17 @@ def load_space_file(name_or_path: str) -> SpaceFile:
     )
 
 
+def _check_when(path: str, section: str, specs: Sequence[ParamSpec], defined: set) -> None:
+    """A ``when`` clause may only name knobs sampled before it; anything else would never hold."""
+    defined = set(defined)
+    for p in specs:
+        for dep in p.when:
+            if dep not in defined:
+                raise _fail(path, f"{section}.{p.name}.when.{dep}", "depends on a knob not defined above it",
+                            "define that knob earlier in the file or drop the when clause")
+        defined.add(p.name)
+
+
 def _adapter_specs(file: SpaceFile, adapter: Any) -> Tuple[ParamSpec, ...]:
     """The adapter's own fragment, with the space file's overrides applied."""
     fragment = dict(adapter.space)
@@ -299,8 +305,11 @@ def _adapter_specs(file: SpaceFile, adapter: Any) -> Tuple[ParamSpec, ...]:
         raise _fail(file.path, f"adapter_params.{adapter.name}.{sorted(unknown)[0]}", "unknown knob",
                     f"adapter {adapter.name!r} takes {sorted(fragment) or 'no knobs'}")
     fragment.update(overrides)
-    return tuple(parse_param(f"{file.path} (adapter {adapter.name})", name, spec, _infer_type(spec))
-                 for name, spec in fragment.items())
+    label = f"{file.path} (adapter {adapter.name})"
+    specs = tuple(parse_param(label, name, spec, _infer_type(spec)) for name, spec in fragment.items())
+    _check_when(label, f"adapter_params.{adapter.name}", specs,
+                defined={"backbone", "adapter", *(p.name for p in file.params)})
+    return specs
 
 
 def _infer_type(spec: Any) -> type:

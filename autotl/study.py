@@ -165,7 +165,10 @@ class TrialRunner:
             value = float(result.best_value)
             if not math.isfinite(value):
                 raise AutotlError(f"the validation {self.config.metric} is {value}", "check the validation data")
-            self.on_best(trial.number, value, params, model, result.state_dict)
+            try:
+                self.on_best(trial.number, value, params, model, result.state_dict)
+            except Exception as exc:  # a finished trial is never failed by its export
+                warnings.warn(f"trial {trial.number}: could not write best/: {_one_line(exc)}", stacklevel=2)
             return value
         except optuna.TrialPruned:
             raise

@@ -115,13 +115,14 @@ def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_e
     from timm.scheduler import create_scheduler_v2
 
     groups = optimizer_param_groups(model, weight_decay=params.weight_decay, backbone_lr=params.backbone_lr,
-                                    backbone_lr_mult=params.backbone_lr_mult or 1.0,
-                                    layer_decay=params.layer_decay or 1.0)
+                                    backbone_lr_mult=1.0 if params.backbone_lr_mult is None else params.backbone_lr_mult,
+                                    layer_decay=1.0 if params.layer_decay is None else params.layer_decay)
     optimizer = create_optimizer_v2(groups, opt="adamw", lr=params.head_lr, weight_decay=params.weight_decay)
     warmup = int(min(params.warmup_epochs, max(0, epochs - 1)))
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
                                        warmup_lr=params.head_lr * 0.01, min_lr=params.head_lr * 1e-3,
                                        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+    scheduler.step_update(num_updates=0)  # apply every group's lr_scale before the first step, warmup or not
     return optimizer, scheduler
 
 
@@ -192,7 +193,7 @@ def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, e
         if on_epoch is not None:
             on_epoch(epoch, value, result.train_loss[-1])
         if reporter is not None:
-            reporter.report(value, epoch)
+            reporter.report(value, epoch + 1)  # fidelity counts epochs from 1, like min_epochs and epochs
             if reporter.should_prune():
                 result.pruned = True
                 break

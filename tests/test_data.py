@@ -142,3 +142,15 @@ def test_dataset_plugin_registers_a_builtin():
     ds = load_dataset("builtin:colours", plugins)
     assert ds.classes == ("blue", "red") and ds.val_from == "given"
     assert (len(ds.train), len(ds.val)) == (8, 4) and ds.train.images[0].size == (16, 16)
+
+
+def test_a_failing_dataset_plugin_is_one_clear_error(tmp_path):
+    from autotl import get_plugin_manager
+
+    path = tmp_path / "flaky.py"
+    path.write_text("from autotl import DatasetSource, hookimpl\n"
+                    "def load():\n    raise OSError('archive missing')\n"
+                    "@hookimpl\ndef autotl_register_datasets(register):\n"
+                    "    register(DatasetSource(name='flaky', load=load))\n")
+    with pytest.raises(DataError, match="builtin dataset 'flaky' \\(plugin 'flaky'\\) failed to load: OSError: archive missing"):
+        load_dataset("builtin:flaky", get_plugin_manager([str(path)]))

@@ -105,3 +105,20 @@ def test_custom_network_uses_declared_layer_groups_and_head():
     assert any(n.startswith("0.block") for n in trainable(model))
     lrs = _lrs(model, trial_params(freeze_depth=0.0, backbone_lr="layer_decay", layer_decay=0.5, head_lr=1.0))
     assert lrs["0.block.0.weight"] == pytest.approx(lrs["1.1.weight"] * 0.5)
+
+
+def test_backbone_rate_applies_from_the_first_step_without_warmup(plugins):
+    model = build(plugins)
+    apply_freeze_depth(model, 0.0)
+    lrs = _lrs(model, trial_params(head_lr=1e-2, backbone_lr_mult=0.0, warmup_epochs=0))
+    assert lrs["fc.weight"] == pytest.approx(1e-2)
+    assert lrs["layer1.0.conv1.weight"] == 0.0  # a multiplier of 0 means a frozen rate, not the head's
+
+
+def test_feature_width_is_what_the_headless_network_returns(plugins):
+    from autotl.model import build_model
+
+    source = plugins.sources.get("timm/mobilenetv3_large_100.ra_in1k")
+    model = build_model(source, plugins.adapters.get("linear"), 4, {}, net=source.build_untrained())
+    backbone_width = model.module.get_classifier().in_features
+    assert backbone_width == 1280 and model.module.feature_width == 1280  # timm's num_features says 960

@@ -167,3 +167,12 @@ def test_no_plugin_loaded_at_import():
     code = "import autotl, sys; print(any(m.startswith('autotl_timm') for m in sys.modules), 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_same_module_under_two_names_is_one_line(tmp_path, monkeypatch):
+    """An installed entry point and --plugin naming the same module."""
+    _install_entry_point(tmp_path, monkeypatch, "autotl_twice", ENTRY_BODY)
+    dist = tmp_path / "autotl_twice-1.0.dist-info" / "entry_points.txt"
+    dist.write_text("[autotl]\ntwice_ep = autotl_twice\n")
+    with pytest.raises(PluginError, match="plugin 'autotl_twice' is already loaded as 'twice_ep'"):
+        get_plugin_manager(["autotl_twice"])

@@ -187,3 +187,13 @@ def test_non_timm_network_exports_autotl_format_and_predicts(split_folder, tmp_p
     rows = autotl.predict(str(tmp_path / "run"), [str(split_folder / "test")], plugins=[plugin], device="cpu")
     accuracy = sum(r["label"] == r["path"].split("/")[-2] for r in rows) / len(rows)
     assert accuracy == pytest.approx(result.best["test"]["accuracy"])
+
+
+def test_a_raising_progress_callback_does_not_stop_the_search(split_folder, tmp_path):
+    def explode(record):
+        raise RuntimeError("display broke")
+
+    with pytest.warns(UserWarning, match="on_trial callback raised RuntimeError: display broke"):
+        result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=2, epochs=1,
+                               device="cpu", out=str(tmp_path / "run"), on_trial=explode)
+    assert sum(result.summary["trials"].values()) == 2

@@ -101,6 +101,8 @@ def test_adapter_fragment_is_sampled_with_prefix(tmp_path):
     ("params:\n  head_lr: {low: 0.001, high: 0.01, spread: 2}\n", r"params.head_lr.spread: unknown key"),
     ("params:\n  batch_size: {low: 8.5, high: 64}\n", r"params.batch_size: expected a whole number"),
     ("params:\n  layer_decay: {low: 0.5, high: 0.9, when: {optimizer: sgd}}\n", r"params.layer_decay.when.optimizer"),
+    ("params:\n  layer_decay: {low: 0.5, high: 0.9, when: {backbone_lr: layer_decay}}\n  backbone_lr: layer_decay\n",
+     r"params.layer_decay.when.backbone_lr: depends on a knob not defined above it"),
     ("sampler: {name: cmaes}\n", r"sampler.name: unknown sampler"),
     ("pruner: {name: hyperband, patience: 3}\n", r"pruner.patience: unknown key"),
     ("epochs: 0\n", r"space.yaml: epochs"),

@@ -39,7 +39,7 @@ def test_pruning_stops_the_trial_early(small):
     reporter = PruneAfter(2)
     result = fit(model, train, val, trial_params(), epochs=6, metric="accuracy", device=CPU, reporter=reporter)
     assert result.pruned and result.epochs_run == 2
-    assert [s for s, _ in reporter.reports] == [0, 1]
+    assert [s for s, _ in reporter.reports] == [1, 2]
     assert len(result.curve) == 2
 
 

@@ -32,7 +32,7 @@ def attach_linear(backbone: Any, num_outputs: int, params: Mapping[str, Any]) ->
     if hasattr(backbone, "reset_classifier"):
         backbone.reset_classifier(num_outputs)
         return backbone
-    return LinearHeadModel(backbone, backbone.num_features, num_outputs)
+    return LinearHeadModel(backbone, backbone.feature_width, num_outputs)
 
 
 @hookimpl
