@@ -197,3 +197,12 @@ def test_a_raising_progress_callback_does_not_stop_the_search(split_folder, tmp_
         result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=2, epochs=1,
                                device="cpu", out=str(tmp_path / "run"), on_trial=explode)
     assert sum(result.summary["trials"].values()) == 2
+
+
+def test_any_optuna_storage_url(split_folder, tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=1, epochs=1,
+                           device="cpu", out=str(tmp_path / "run"), storage=url, study="on-sqlite")
+    assert result.summary["storage"] == url and not (tmp_path / "run" / "study.journal").exists()
+    study = optuna.load_study(study_name="on-sqlite", storage=url)
+    assert len(study.trials) == 1 and study.user_attrs["metric"] == "accuracy"
