@@ -10,7 +10,7 @@ The public API. Importing it is cheap (no torch), so ``autotl --help`` answers f
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import (AutotlError, ConfigError, DataError, ModelError, PluginError, RegistryError, SpaceError,
                      TrialError, UsageError)

@@ -188,7 +188,7 @@ def parse_param(path: str, name: str, raw: Any, typ: type, lo: Any = None, hi: A
     if "low" not in raw or "high" not in raw:
         raise _fail(path, key, "a range needs both low and high", "add low and high, or give a fixed value")
     if typ is str or choices is not None:
-        raise _fail(path, key, "takes choices, not a range", f"write {{choices: [...]}}")
+        raise _fail(path, key, "takes choices, not a range", "write {choices: [...]}")
     low, high = check(raw["low"]), check(raw["high"])
     log = bool(raw.get("log", False))
     step = raw.get("step")
