@@ -52,5 +52,9 @@ class TrialError(AutotlError):
     """One trial failed (NaN loss, out of memory, a plugin's build raised); the search goes on."""
 
 
+class BuildError(TrialError):
+    """A source model's ``build()`` failed (missing weights, no network, a bad checkpoint)."""
+
+
 class ModelError(AutotlError):
     """A saved model cannot be loaded or used."""

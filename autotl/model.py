@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from .errors import TrialError
+from .errors import BuildError, TrialError
 from .types import SourceModel, TargetAdapter
 
 
@@ -114,7 +114,7 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
         try:
             net = source.build()
         except Exception as exc:
-            raise TrialError(f"source model {source.name!r} failed to build: {type(exc).__name__}: {exc}",
+            raise BuildError(f"source model {source.name!r} failed to build: {type(exc).__name__}: {exc}",
                              "fix its plugin, or exclude it with --backbones") from exc
     if not isinstance(net, nn.Module):
         raise TrialError(f"source model {source.name!r} built a {type(net).__name__}, not a torch.nn.Module",

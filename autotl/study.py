@@ -12,7 +12,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -21,7 +21,7 @@ import optuna
 from . import __version__
 from .config import RunConfig
 from .data import Dataset
-from .errors import AutotlError, ConfigError, UsageError
+from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError
 from .space import Space, TrialParams
 from .types import TrialRecord
 
@@ -134,6 +134,7 @@ class TrialRunner:
     out_dir: Path
     tensors: Any
     on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
+    broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
 
     def __call__(self, trial: optuna.Trial) -> float:
         import torch
@@ -151,7 +152,14 @@ class TrialRunner:
             source = self.plugins.sources.get(params.backbone)
             adapter = self.plugins.adapters.get(params.adapter)
             torch.manual_seed(self.config.seed + trial.number)
-            model = build_model(source, adapter, len(self.dataset.classes), params.adapter_params)
+            if params.backbone in self.broken:  # fail fast: e.g. no network would cost a minute per trial
+                raise TrialError(f"skipped: {self.broken[params.backbone]}",
+                                 "fix it, or exclude it with --backbones")
+            try:
+                model = build_model(source, adapter, len(self.dataset.classes), params.adapter_params)
+            except BuildError as exc:
+                self.broken[params.backbone] = f"{exc.what} (trial {trial.number})"
+                raise
             train = self.tensors.get(self.dataset.train, model.data_config)
             val = self.tensors.get(self.dataset.val, model.data_config)
             result = fit(model, train, val, params, epochs=self.space.epochs, metric=self.config.metric,

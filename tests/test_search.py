@@ -173,6 +173,11 @@ def test_search_with_no_completed_trial_exits_non_zero(split_folder, tmp_path, c
     err = capsys.readouterr().err
     assert code == 1 and "no trial completed" in err and "checkpoint corrupt" in err
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["best"] is None
+    with open(tmp_path / "run" / "trials.csv") as fh:
+        reasons = [r["fail_reason"] for r in csv.DictReader(fh)]
+    # after the first failure, the broken source fails fast instead of being rebuilt every trial
+    assert reasons[0].startswith("source model 'broken/net' failed to build")
+    assert reasons[1].startswith("skipped: source model 'broken/net' failed to build: RuntimeError: checkpoint corrupt (trial 0)")
 
 
 def test_non_timm_network_exports_autotl_format_and_predicts(split_folder, tmp_path):
