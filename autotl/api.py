@@ -37,7 +37,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     from .export import save_model
     from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
     from .space import load_space_file, resolve_space
-    from .study import TrialRunner, best_other_value, make_storage, open_study, records, run_trials, storage_label
+    from .study import DIRECTION, TrialRunner, best_other_value, make_storage, open_study, records, run_trials, storage_label
     from .tensors import TensorCache
     from .trainer import resolve_device
 
@@ -71,7 +71,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                 warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
     runner = TrialRunner(config=config, space=space, dataset=dataset, plugins=plugins, device=device,
-                         out_dir=out_dir, tensors=TensorCache(), on_best=on_best)
+                         tensors=TensorCache(), on_best=on_best)
     interrupted = False
     try:
         run_trials(study, runner, config, trial_done)
@@ -85,7 +85,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                                "storage": storage_label(config.storage, out_dir), "out_dir": str(out_dir)})
     write_run_folder(out_dir, summary, all_records)
     result = RunResult(study=name, out_dir=str(out_dir), storage=storage_label(config.storage, out_dir),
-                       metric=config.metric, direction="maximize", summary=summary, trials=all_records)
+                       metric=config.metric, direction=DIRECTION, summary=summary, trials=all_records)
     plugins.search_finished(result)
     if interrupted:
         raise KeyboardInterrupt

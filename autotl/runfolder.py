@@ -77,7 +77,7 @@ def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path,
             "model_dir": str(out_dir / BEST_DIR) if has_model else None,
         }
     return {
-        "study": study.study_name, "metric": metric, "direction": "maximize", "best": best_entry,
+        "study": study.study_name, "metric": metric, "direction": study.direction.name.lower(), "best": best_entry,
         "trials": counts, "elapsed_s": round(elapsed_s, 3),
         "epochs_total": int(sum(r.epochs_run for r in records)),
         "autotl_version": __version__, **extra,

@@ -131,7 +131,6 @@ class TrialRunner:
     dataset: Dataset
     plugins: Any
     device: Any
-    out_dir: Path
     tensors: Any
     on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search

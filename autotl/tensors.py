@@ -13,6 +13,8 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 import numpy as np
 import torch
 
+from .types import DATA_CONFIG_KEYS
+
 
 @dataclass(frozen=True)
 class TensorSet:
@@ -29,8 +31,7 @@ def eval_transform(data_config: Mapping[str, Any]):
     """timm's deterministic preprocessing for a data config (resize, center crop, normalise)."""
     from timm.data import create_transform
 
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()
-           if k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")}
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items() if k in DATA_CONFIG_KEYS}
     return create_transform(**cfg, is_training=False)
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import METRICS
 from .errors import TrialError, UsageError
 from .freeze import apply_freeze_depth, frozen_norm_layers, optimizer_param_groups, set_train_mode
 from .model import AdaptedModel
 from .tensors import TensorSet
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
 
 def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
