@@ -16,25 +16,32 @@ def load_plugins(plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
     return get_plugin_manager(plugins, plugins_dir, zoo_dir=zoo, blocked=blocked)
 
 
-def search(data: str, *, on_trial: Optional[Callable[[TrialRecord], None]] = None, **options: Any) -> RunResult:
-    """Run a transfer-learning search and write the run folder.
+def search(data: str, *, on_trial: Optional[Callable[[TrialRecord], None]] = None, progress: Any = None,
+           **options: Any) -> RunResult:
+    """Run a transfer-learning search and write the run folder with its report.
 
     Args:
         data: an image folder, a ``.csv`` file, or ``builtin:NAME``.
         on_trial: called with each finished trial's :class:`TrialRecord`.
+        progress: an :class:`autotl.progress.Progress` that shows the search live, e.g.
+            ``autotl.progress.make_progress()``; silent by default.
         **options: the fields of :class:`autotl.config.RunConfig` (``trials``, ``epochs``,
             ``backbones``, ``space``, ``metric``, ``device``, ``out``, ``seed``, ``study``,
-            ``storage``, ``plugins``, ...).
+            ``storage``, ``plugins``, ``report``, ...).
 
     Returns:
-        The :class:`RunResult`; ``result.summary`` is what ``summary.json`` holds.
+        The :class:`RunResult`; ``result.summary`` is what ``summary.json`` holds and
+        ``result.report`` what ``report.json`` holds.
     """
-    return run_search(RunConfig.from_options(data, **options), on_trial=on_trial)
+    return run_search(RunConfig.from_options(data, **options), on_trial=on_trial, progress=progress)
 
 
-def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None) -> RunResult:
+def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,
+               progress: Any = None) -> RunResult:
     from .data import load_dataset
     from .export import save_model
+    from .progress import Progress
+    from .report import collect_facts, write_report
     from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
     from .space import load_space_file, resolve_space
     from .study import DIRECTION, TrialRunner, best_other_value, make_storage, open_study, records, run_trials, storage_label
@@ -42,6 +49,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     from .trainer import resolve_device
 
     started = time.perf_counter()
+    progress = progress if progress is not None else Progress()
     plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
     space = resolve_space(load_space_file(config.space), plugins, config.backbones, config.epochs)
     dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction)
@@ -52,6 +60,9 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     study = open_study(config, name, storage, space)
     if "dataset" not in study.user_attrs:
         study.set_user_attr("dataset", dataset.describe())
+    study.set_user_attr("run_dir", str(out_dir.resolve()))
+    study.set_user_attr("budget", {"trials": config.n_trials, "timeout": config.timeout, "epochs": space.epochs,
+                                   "space": space.file.path, "backbones": list(space.backbones)})
 
     def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
         other = best_other_value(study, number)
@@ -64,6 +75,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
 
     def trial_done(record: TrialRecord) -> None:
         plugins.trial_finished(record)
+        progress.trial_finished(record, best_other_value(study, -1))
         if on_trial is not None:
             try:
                 on_trial(record)
@@ -71,12 +83,15 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                 warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
     runner = TrialRunner(config=config, space=space, dataset=dataset, plugins=plugins, device=device,
-                         tensors=TensorCache(), on_best=on_best)
+                         tensors=TensorCache(), on_best=on_best, progress=progress)
     interrupted = False
+    progress.search_started(config.n_trials, config.timeout)
     try:
         run_trials(study, runner, config, trial_done)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        progress.search_finished()
     all_records = records(study)
     test = score_test_split(study, out_dir, dataset, device, plugins) if not interrupted else None
     summary = summarize(study, all_records, out_dir=out_dir, metric=config.metric,
@@ -84,8 +99,15 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                         extra={"dataset": dataset.describe(), "device": str(device), "space": space.file.path,
                                "storage": storage_label(config.storage, out_dir), "out_dir": str(out_dir)})
     write_run_folder(out_dir, summary, all_records)
+    facts = collect_facts(study, run_dir=out_dir)
+    if config.report:
+        try:
+            write_report(study, out_dir, facts=facts)
+        except Exception as exc:  # a report problem never loses the finished search
+            warnings.warn(f"could not write the report: {type(exc).__name__}: {exc}; "
+                          f"retry with `autotl report {out_dir}`", stacklevel=2)
     result = RunResult(study=name, out_dir=str(out_dir), storage=storage_label(config.storage, out_dir),
-                       metric=config.metric, direction=DIRECTION, summary=summary, trials=all_records)
+                       metric=config.metric, direction=DIRECTION, summary=summary, trials=all_records, report=facts)
     plugins.search_finished(result)
     if interrupted:
         raise KeyboardInterrupt

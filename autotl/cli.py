@@ -12,9 +12,20 @@ import warnings
 from typing import Any, List, Optional, Sequence
 
 from . import __version__
-from .errors import AutotlError
+from .errors import AutotlError, UsageError
+from .fmt import text_table
 
 EPILOG = "Docs: docs/user-guide.md. Errors print one line; add --debug for the traceback."
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _plugin_options() -> argparse.ArgumentParser:
@@ -49,7 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--study", metavar="NAME", help="study name; an existing study is resumed")
     s.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: a journal file in the run folder)")
-    s.add_argument("--quiet", action="store_true", help="print only the final leaderboard")
+    s.add_argument("--quiet", action="store_true", help="no live progress; print only the final leaderboard")
+    s.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip report.html/.md/.json (build them later with `autotl report`)")
+    s.add_argument("--top", type=_positive_int, default=10, metavar="K", help="leaderboard rows to print (default 10)")
+
+    rp = sub.add_parser("report", parents=[common], help="build the report of a run folder or a stored study",
+                        description="Write report.html, report.md and report.json for a run folder, or for a study "
+                                    "in any Optuna storage (also while it is still running), and print the "
+                                    "leaderboard.")
+    rp.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder written by autotl search")
+    rp.add_argument("--storage", metavar="URL", help="an Optuna storage URL (or a .journal file) instead of RUN_DIR")
+    rp.add_argument("--study", metavar="NAME", help="the study in the storage (needed when it holds several)")
+    rp.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR, else runs/<study>)")
+    rp.add_argument("--top", type=_positive_int, default=10, metavar="K", help="leaderboard rows to print (default 10)")
 
     p = sub.add_parser("pretrain", parents=[common], help="train a source model on a source task",
                        description="Train a registered source model on DATA; write weights and a sidecar JSON.")
@@ -81,64 +105,36 @@ def _plugin_and_block_kwargs(args: argparse.Namespace) -> dict:
     return {**_plugin_kwargs(args), "blocked": tuple(args.block_plugin)}
 
 
-def _fmt(value: Any, width: int = 0) -> str:
-    if isinstance(value, float):
-        text = f"{value:.4g}"
-    else:
-        text = "" if value is None else str(value)
-    return text.ljust(width) if width else text
-
-
-def _table(rows: List[List[Any]], header: List[str]) -> str:
-    cells = [header] + [[_fmt(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
-
-
-def print_leaderboard(result: Any, top: int = 10) -> None:
-    from .runfolder import leaderboard
-
-    best = leaderboard(list(result.trials), top)
-    rows = [[i + 1, r.number, r.value, r.backbone, r.params.get("freeze_depth"), r.params.get("head_lr"),
-             r.params.get("backbone_lr"), r.epochs_run, round(r.seconds, 1)] for i, r in enumerate(best)]
-    counts = result.summary["trials"]
-    print(f"\nLeaderboard ({result.metric} on val; {counts['complete']} complete, {counts['pruned']} pruned, "
-          f"{counts['fail']} failed)")
-    if rows:
-        print(_table(rows, ["rank", "trial", result.metric, "backbone", "freeze", "head_lr", "backbone_lr",
-                            "epochs", "seconds"]))
-    b = result.best
-    if b:
-        test = b.get("test")
-        tail = f"; test {result.metric} {test[result.metric]:.4f}" if test else ""
-        print(f"\nBest: trial {b['trial']} ({b['backbone']}), val {result.metric} {b['value']:.4f}{tail}")
-        if b.get("model_dir"):
-            print(f"Model: {b['model_dir']}")
-    print(f"Run folder: {result.out_dir}")
-
-
-def _trial_line(record: Any) -> None:
-    value = f"{record.value:.4f}" if record.value is not None else "-"
-    extra = f"  {record.fail_reason}" if record.fail_reason else ""
-    print(f"trial {record.number:>3} {record.state:<8} val={value}  {record.backbone}  "
-          f"freeze={_fmt(record.params.get('freeze_depth'))}  head_lr={_fmt(record.params.get('head_lr'))}  "
-          f"epochs={record.epochs_run}  {record.seconds:.1f}s{extra}", flush=True)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from .api import search
+    from .progress import make_progress
+    from .report import format_leaderboard
 
     result = search(args.data, space=args.space, backbones=args.backbones, trials=args.trials,
                     timeout=args.timeout, epochs=args.epochs, metric=args.metric, device=args.device, out=args.out,
-                    seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet,
-                    blocked_plugins=tuple(args.block_plugin), on_trial=None if args.quiet else _trial_line,
+                    seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
+                    blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
-    print_leaderboard(result)
+    print("\n" + format_leaderboard(result.report, args.top))
+    if args.report:
+        print(f"Report: {os.path.join(result.out_dir, 'report.html')}")
+    print(f"Run folder: {result.out_dir}")
     if result.best is None:
         fails = [r.fail_reason for r in result.trials if r.fail_reason]
         hint = f" First failure: {fails[0]}" if fails else ""
         print(f"error: no trial completed.{hint} — see {result.out_dir}/trials.csv", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import HTML_NAME, MARKDOWN_NAME, format_leaderboard, report
+
+    if args.run_dir is None and args.storage is None:
+        raise UsageError("nothing to report on", "pass a run folder, or --storage URL (and --study NAME)")
+    out_dir, facts = report(args.run_dir, storage=args.storage, study=args.study, out=args.out)
+    print(format_leaderboard(facts, args.top))
+    print(f"\nReport: {out_dir / HTML_NAME} (and {MARKDOWN_NAME}, report.json)")
     return 0
 
 
@@ -159,7 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
     else:
-        print(_table([[r["path"], r["label"], r["confidence"]] for r in rows], ["path", "label", "confidence"]))
+        print(text_table([[r["path"], r["label"], r["confidence"]] for r in rows], ["path", "label", "confidence"]))
     return 0
 
 
@@ -167,7 +163,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     from .api import list_backbones, load_plugins
 
     rows = list_backbones(load_plugins(args.plugin, args.plugins_dir, args.zoo, args.block_plugin))
-    print(_table([[r["name"], r["plugin"], f"{r['params'] / 1e6:.2f}M" if r["params"] else "?",
+    print(text_table([[r["name"], r["plugin"], f"{r['params'] / 1e6:.2f}M" if r["params"] else "?",
                    "x".join(map(str, r["input_size"][1:])) if r.get("input_size") else "?", r["layer_groups"],
                    r["description"]] for r in rows],
                  ["name", "plugin", "params", "input", "groups", "description"]))
@@ -178,12 +174,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .api import load_plugins
 
     plugins = load_plugins(args.plugin, args.plugins_dir, args.zoo, args.block_plugin)
-    print(_table([[p["name"], ", ".join(p["hooks"]), p["origin"]] for p in plugins.describe()],
+    print(text_table([[p["name"], ", ".join(p["hooks"]), p["origin"]] for p in plugins.describe()],
                  ["plugin", "hooks", "from"]))
     return 0
 
 
-COMMANDS = {"search": cmd_search, "pretrain": cmd_pretrain, "predict": cmd_predict, "backbones": cmd_backbones,
+COMMANDS = {"search": cmd_search, "report": cmd_report, "pretrain": cmd_pretrain, "predict": cmd_predict, "backbones": cmd_backbones,
             "plugins": cmd_plugins}
 
 

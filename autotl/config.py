@@ -39,6 +39,7 @@ class RunConfig:
     blocked_plugins: Tuple[str, ...] = ()
     val_fraction: float = 0.2
     quiet: bool = False
+    report: bool = True
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from .errors import ModelError
+from .runfolder import CONFIG_NAME  # one name for best/'s config, shared with the run folder
 from .types import SourceModel, TargetAdapter
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 

@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional
 import optuna
 
 from . import __version__
-from .export import CONFIG_NAME
 from .types import TrialRecord
 
 SUMMARY_NAME = "summary.json"
 TRIALS_NAME = "trials.csv"
 BEST_DIR = "best"
 TEST_ATTR = "test_scores"
+CONFIG_NAME = "config.json"  # in best/: how to rebuild the model (see autotl.export)
 
 
 def best_model_trial(out_dir: Path) -> Optional[int]:

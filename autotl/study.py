@@ -22,6 +22,7 @@ from . import __version__
 from .config import RunConfig
 from .data import Dataset
 from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError
+from .progress import Progress
 from .space import Space, TrialParams
 from .types import TrialRecord
 
@@ -113,12 +114,12 @@ def trial_record(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
     ua = t.user_attrs
     state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
              optuna.trial.TrialState.FAIL: "fail"}.get(t.state, t.state.name.lower())
-    curve = list(ua.get("curve", []))
+    curve = list(ua.get("curve") or [t.intermediate_values[k] for k in sorted(t.intermediate_values)])
     value = t.value if t.state == optuna.trial.TrialState.COMPLETE else (max(curve) if curve else None)
     return TrialRecord(study=study_name, number=t.number, state=state, value=value,
                        params=dict(ua.get("params", t.params)), backbone=ua.get("backbone", t.params.get("backbone")),
                        adapter=ua.get("adapter", t.params.get("adapter")), curve=curve,
-                       epochs_run=int(ua.get("epochs_run", 0)), seconds=float(ua.get("seconds", 0.0)),
+                       epochs_run=int(ua.get("epochs_run", len(t.intermediate_values))), seconds=float(ua.get("seconds", 0.0)),
                        fail_reason=ua.get("fail_reason"))
 
 
@@ -133,6 +134,7 @@ class TrialRunner:
     device: Any
     tensors: Any
     on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
+    progress: Progress = field(default_factory=Progress)
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -148,6 +150,9 @@ class TrialRunner:
             trial.set_user_attr("backbone", params.backbone)
             trial.set_user_attr("adapter", params.adapter)
             trial.set_user_attr("params", _json(params.as_dict()))
+            trial.set_user_attr("max_epochs", self.space.epochs)
+            trial.set_user_attr("device", str(self.device))
+            self.progress.trial_started(trial.number, params.backbone, self.space.epochs)
             source = self.plugins.sources.get(params.backbone)
             adapter = self.plugins.adapters.get(params.adapter)
             torch.manual_seed(self.config.seed + trial.number)
@@ -161,9 +166,13 @@ class TrialRunner:
                 raise
             train = self.tensors.get(self.dataset.train, model.data_config)
             val = self.tensors.get(self.dataset.val, model.data_config)
-            result = fit(model, train, val, params, epochs=self.space.epochs, metric=self.config.metric,
-                         device=self.device, seed=self.config.seed + trial.number, reporter=trial)
+            epochs = self.space.epochs
+            result = fit(model, train, val, params, epochs=epochs, metric=self.config.metric,
+                         device=self.device, seed=self.config.seed + trial.number, reporter=trial,
+                         on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
+                             trial.number, epoch + 1, epochs, value))
             trial.set_user_attr("curve", _json(result.curve))
+            trial.set_user_attr("val_confusion_matrix", _json(result.val_confusion))
             trial.set_user_attr("train_loss", _json(result.train_loss))
             trial.set_user_attr("epochs_run", result.epochs_run)
             trial.set_user_attr("best_epoch", result.best_epoch + 1)

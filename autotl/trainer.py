@@ -22,7 +22,6 @@ from .model import AdaptedModel
 from .tensors import TensorSet
 
 
-
 def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """A classification metric from scikit-learn."""
     from sklearn import metrics as skm
@@ -73,6 +72,7 @@ class FitResult:
     pruned: bool = False
     state_dict: Optional[Dict[str, torch.Tensor]] = None
     train_loss: List[float] = field(default_factory=list)
+    val_confusion: Optional[List[List[int]]] = None  # at the best epoch; rows are true classes
 
 
 def _autocast(device: torch.device):
@@ -183,32 +183,39 @@ def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, e
             scheduler.step_update(num_updates=update)
             losses.append(float(loss.detach()))
         probs = predict_proba(module, val, device)
-        value = score(metric, val.y.numpy(), probs.argmax(1))
+        pred = probs.argmax(1)
+        value = score(metric, val.y.numpy(), pred)
         result.curve.append(value)
         result.train_loss.append(float(np.mean(losses)) if losses else math.nan)
         result.epochs_run = epoch + 1
         if value > result.best_value:
             result.best_value, result.best_epoch = value, epoch
             result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            result.val_confusion = confusion(val.y.numpy(), pred, probs.shape[1])
         if on_epoch is not None:
             on_epoch(epoch, value, result.train_loss[-1])
         if reporter is not None:
             reporter.report(value, epoch + 1)  # fidelity counts epochs from 1, like min_epochs and epochs
-            if reporter.should_prune():
+            if epoch + 1 < epochs and reporter.should_prune():  # a fully trained trial is complete, not pruned
                 result.pruned = True
                 break
     result.seconds = time.perf_counter() - start
     return result
 
 
-def evaluate(module: nn.Module, data: TensorSet, device: torch.device) -> Dict[str, Any]:
-    """All metrics and the confusion matrix of ``module`` on ``data``."""
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> List[List[int]]:
+    """The confusion matrix as JSON-able lists: rows are true classes, columns predictions."""
     from sklearn.metrics import confusion_matrix
 
+    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
+
+
+def evaluate(module: nn.Module, data: TensorSet, device: torch.device) -> Dict[str, Any]:
+    """All metrics and the confusion matrix of ``module`` on ``data``."""
     module.to(device)
     probs = predict_proba(module, data, device)
     pred = probs.argmax(1)
     y = data.y.numpy()
     out: Dict[str, Any] = all_scores(y, pred)
-    out["confusion_matrix"] = confusion_matrix(y, pred, labels=list(range(probs.shape[1]))).tolist()
+    out["confusion_matrix"] = confusion(y, pred, probs.shape[1])
     return out

@@ -138,6 +138,7 @@ class RunResult:
     direction: str
     summary: Mapping[str, Any]
     trials: Sequence[TrialRecord]
+    report: Mapping[str, Any] = field(default_factory=dict)  # the facts report.json holds
 
     @property
     def best(self) -> Optional[Mapping[str, Any]]:

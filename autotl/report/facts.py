@@ -1,0 +1,200 @@
+"""A study -> the report's facts, as plain JSON-able data (what ``report.json`` holds).
+
+Everything is read from the Optuna storage: the trials, their intermediate values and autotl's
+user attrs. So a report can be built for any autotl study in any storage, from any machine,
+while workers are still adding trials, and it always agrees with the storage.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import statistics
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import optuna
+
+from .. import __version__
+from ..runfolder import BEST_DIR, TEST_ATTR, best_model_trial
+from ..study import trial_record
+from ..types import TrialRecord
+
+#: Columns of the leaderboard besides the params listed under "other".
+LEADING_PARAMS = ("backbone", "adapter", "freeze_depth", "head_lr")
+#: Params that describe how the backbone's learning rate is set; shown as one column.
+BACKBONE_LR_PARAMS = ("backbone_lr", "backbone_lr_mult", "layer_decay")
+#: Optuna's importance evaluators the report runs, by the name the report shows.
+IMPORTANCE_EVALUATORS = ("PED-ANOVA", "fANOVA")
+
+
+def mask_url(url: Optional[str]) -> Optional[str]:
+    """A storage URL with any password replaced by ``***``."""
+    if not url:
+        return url
+    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", url)
+
+
+def _iso(value: Optional[_dt.datetime]) -> Optional[str]:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def backbone_lr_text(params: Dict[str, Any]) -> str:
+    """How the backbone's learning rate was set, in a few characters: ``x0.1`` or ``decay 0.75``."""
+    mode = params.get("backbone_lr")
+    if mode == "layer_decay" and params.get("layer_decay") is not None:
+        return f"decay {params['layer_decay']:.3g}"
+    if params.get("backbone_lr_mult") is not None:
+        return f"x{params['backbone_lr_mult']:.3g}"
+    return "-"
+
+
+def leaderboard_rows(records: List[TrialRecord], maximize: bool) -> List[Dict[str, Any]]:
+    """Every completed trial, best first (ties: the earlier trial first)."""
+    done = [r for r in records if r.state == "complete" and r.value is not None]
+    done.sort(key=lambda r: ((-r.value if maximize else r.value), r.number))
+    rows = []
+    for rank, r in enumerate(done, 1):
+        params = dict(r.params)
+        other = {k: v for k, v in params.items() if k not in LEADING_PARAMS + BACKBONE_LR_PARAMS}
+        rows.append({"rank": rank, "trial": r.number, "backbone": r.backbone, "adapter": r.adapter,
+                     "freeze_depth": params.get("freeze_depth"), "head_lr": params.get("head_lr"),
+                     "backbone_lr": backbone_lr_text(params), "other": other, "value": r.value,
+                     "epochs_run": r.epochs_run, "seconds": round(r.seconds, 3), "params": params})
+    return rows
+
+
+def _importances(study: optuna.Study, n_complete: int) -> Dict[str, Any]:
+    """Each evaluator's importances, or why it could not run."""
+    from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
+
+    out: Dict[str, Any] = {}
+    makers = {"PED-ANOVA": PedAnovaImportanceEvaluator, "fANOVA": lambda: FanovaImportanceEvaluator(seed=0)}
+    for name in IMPORTANCE_EVALUATORS:
+        if n_complete < 2:
+            out[name] = {"error": f"needs at least 2 completed trials, the study has {n_complete}"}
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values = optuna.importance.get_param_importances(study, evaluator=makers[name]())
+            out[name] = {"values": {k: float(v) for k, v in values.items()}}
+            if not values:
+                out[name]["error"] = "no parameter varied across the completed trials"
+        except Exception as exc:  # an evaluator that cannot run on this study is reported, not fatal
+            out[name] = {"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:300]}
+    return out
+
+
+def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Path],
+          classes: List[str]) -> Optional[Dict[str, Any]]:
+    if not rows:
+        return None
+    top = rows[0]
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == top["trial"])
+    test = study.user_attrs.get(TEST_ATTR, {}).get(str(trial.number))
+    if test and test.get("confusion_matrix") is not None:
+        matrix, split = test["confusion_matrix"], "test"
+    else:
+        matrix, split = trial.user_attrs.get("val_confusion_matrix"), "val"
+    model_dir = None
+    if run_dir is not None and best_model_trial(run_dir) == trial.number:
+        model_dir = str((run_dir / BEST_DIR).resolve())
+    return {"trial": trial.number, "backbone": top["backbone"], "adapter": top["adapter"], "params": top["params"],
+            "val": {study.user_attrs.get("metric", "value"): top["value"]},
+            "best_epoch": trial.user_attrs.get("best_epoch"), "epochs_run": top["epochs_run"],
+            "test": {k: v for k, v in test.items() if k != "confusion_matrix"} if test else None,
+            "confusion_matrix": {"split": split, "labels": classes, "matrix": matrix} if matrix else None,
+            "model_dir": model_dir}
+
+
+def _by_backbone(records: List[TrialRecord]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for r in records:
+        entry = out.setdefault(r.backbone or "?", {"trials": 0, "complete": 0, "pruned": 0, "fail": 0, "values": []})
+        entry["trials"] += 1
+        if r.state in ("complete", "pruned", "fail"):
+            entry[r.state] += 1
+        if r.state == "complete" and r.value is not None:
+            entry["values"].append(r.value)
+    for entry in out.values():
+        vals = entry["values"]
+        entry.update(best=max(vals) if vals else None, median=statistics.median(vals) if vals else None,
+                     mean=statistics.fmean(vals) if vals else None)
+    return dict(sorted(out.items(), key=lambda kv: -(kv[1]["best"] if kv[1]["best"] is not None else -1e300)))
+
+
+def _cost(study: optuna.Study, records: List[TrialRecord], best_trial: Optional[int]) -> Dict[str, Any]:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trained = [r for r in records if r.state in ("complete", "pruned")]
+    full = sum(int(trials[r.number].user_attrs.get("max_epochs", r.epochs_run)) for r in trained)
+    epochs = sum(r.epochs_run for r in trained)
+    starts = [t.datetime_start for t in trials.values() if t.datetime_start]
+    t0 = min(starts) if starts else None
+    to_best = None
+    if best_trial is not None and t0 and trials[best_trial].datetime_complete:
+        to_best = (trials[best_trial].datetime_complete - t0).total_seconds()
+    return {
+        "per_trial": [{"trial": r.number, "state": r.state, "backbone": r.backbone, "seconds": round(r.seconds, 3),
+                       "epochs_run": r.epochs_run} for r in records],
+        "trial_seconds_total": round(sum(r.seconds for r in records), 3),
+        "epochs_trained": int(epochs), "epochs_without_pruning": int(full),
+        "epochs_saved_fraction": round(1 - epochs / full, 4) if full else None,
+        "time_to_best_s": round(to_best, 3) if to_best is not None else None,
+        "trials_to_best": (sorted(trials).index(best_trial) + 1) if best_trial is not None else None,
+    }
+
+
+def _elapsed(study: optuna.Study) -> Optional[float]:
+    trials = study.get_trials(deepcopy=False)
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    if not starts:
+        return None
+    ends = [t.datetime_complete or _dt.datetime.now() for t in trials if t.datetime_start]
+    return round((max(ends) - min(starts)).total_seconds(), 3)
+
+
+def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storage: Optional[str] = None) -> Dict[str, Any]:
+    """The report's facts for ``study``; ``run_dir`` (default: the study's own) locates ``best/``."""
+    attrs = study.user_attrs
+    if run_dir is None and attrs.get("run_dir") and Path(attrs["run_dir"]).is_dir():
+        run_dir = Path(attrs["run_dir"])
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    all_trials = study.get_trials(deepcopy=False)
+    records = [trial_record(study.study_name, t) for t in all_trials]
+    finished = [r for r in records if r.state in ("complete", "pruned", "fail")]
+    rows = leaderboard_rows(finished, maximize)
+    dataset = attrs.get("dataset") or {}
+    classes = list(dataset.get("classes") or [])
+    best = _best(study, rows, run_dir, classes)
+    counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "fail", "running", "waiting")}
+    devices = sorted({str(t.user_attrs["device"]) for t in all_trials if t.user_attrs.get("device")})
+    return {
+        "header": {
+            "study": study.study_name, "metric": attrs.get("metric", "value"),
+            "direction": "maximize" if maximize else "minimize", "dataset": dataset, "budget": attrs.get("budget"),
+            "elapsed_s": _elapsed(study), "devices": devices, "autotl_version": __version__,
+            "study_autotl_version": attrs.get("autotl_version"), "storage": mask_url(storage),
+            "generated_at": _iso(_dt.datetime.now()), "trials": counts,
+            "started_at": _iso(min((t.datetime_start for t in all_trials if t.datetime_start), default=None)),
+            "autotl_study": "metric" in attrs,
+        },
+        "leaderboard": rows,
+        "best": best,
+        "curves": {str(t.number): {"state": r.state, "backbone": r.backbone,
+                                   "steps": sorted(t.intermediate_values),
+                                   "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
+                   for t, r in zip(all_trials, records) if t.intermediate_values},
+        "importance": _importances(study, counts["complete"]),
+        "by_backbone": _by_backbone(finished),
+        "freeze_depth": [{"trial": r.number, "backbone": r.backbone, "freeze_depth": r.params.get("freeze_depth"),
+                          "value": r.value, "state": r.state}
+                         for r in finished if r.state in ("complete", "pruned") and r.value is not None],
+        "cost": _cost(study, finished, best["trial"] if best else None),
+        "pruned": [{"trial": r.number, "backbone": r.backbone, "stopped_at_epoch": r.epochs_run, "best_value": r.value}
+                   for r in finished if r.state == "pruned"],
+        "failed": [{"trial": r.number, "backbone": r.backbone, "reason": r.fail_reason or "(no reason recorded)"}
+                   for r in finished if r.state == "fail"],
+        "running": [{"trial": r.number, "backbone": r.backbone, "epochs_so_far": len(r.curve)}
+                    for r in records if r.state in ("running", "waiting")],
+    }
