@@ -7,7 +7,7 @@ ZOO ?= $(HOME)/.cache/autotl/zoo
 DEMO_OUT ?= runs/demo
 DEMO_BACKBONES ?= test_resnet test_efficientnet test_vit
 
-.PHONY: setup test test-fast demo clean
+.PHONY: setup browser test test-fast demo clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -q -ra
+# The report's browser test needs Chromium: install Debian's package when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report's browser test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	    || echo "warning: could not install chromium; the browser test will fail"; }
+
+test: setup browser
+	AUTOTL_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

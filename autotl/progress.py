@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from .fmt import fmt_seconds, fmt_value
 from .types import TrialRecord
@@ -36,18 +36,19 @@ class Progress:
 class _Clock(Progress):
     """Counts finished trials and estimates the time left from their mean duration."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.total: Optional[int] = None
         self.timeout: Optional[float] = None
-        self.started = time.monotonic()
+        self.started = clock()
         self.done = 0
         self.best: Optional[float] = None
 
     def search_started(self, total: Optional[int], timeout: Optional[float]) -> None:
-        self.total, self.timeout, self.started, self.done = total, timeout, time.monotonic(), 0
+        self.total, self.timeout, self.started, self.done = total, timeout, self.clock(), 0
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started
+        return self.clock() - self.started
 
     def eta(self) -> Optional[float]:
         """Seconds until the search ends: trials left at the mean pace so far, capped by the timeout."""
@@ -76,8 +77,8 @@ class _Clock(Progress):
 class LineProgress(_Clock):
     """One plain line per finished trial, for logs and pipes."""
 
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
         self.stream = stream
 
     def trial_finished(self, record: TrialRecord, best: Optional[float]) -> None:
@@ -87,8 +88,8 @@ class LineProgress(_Clock):
 class BarProgress(_Clock):
     """A tqdm bar over trials; its suffix shows the running trial's backbone, epoch and value."""
 
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__()
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
         self.stream = stream
         self.bar: Any = None
         self.backbone = ""

@@ -108,8 +108,3 @@ def write_run_folder(out_dir: Path, summary: Dict[str, Any], records: List[Trial
     tmp.replace(out_dir / SUMMARY_NAME)
     write_trials_csv(out_dir / TRIALS_NAME, records)
 
-
-def leaderboard(records: List[TrialRecord], top: int = 10) -> List[TrialRecord]:
-    """Completed trials, best first (ties: earlier trial first)."""
-    done = [r for r in records if r.state == "complete" and r.value is not None]
-    return sorted(done, key=lambda r: (-r.value, r.number))[:top]

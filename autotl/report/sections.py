@@ -97,7 +97,7 @@ def _best(facts: Mapping[str, Any]) -> Section:
         return Section("Best setup", "best", "", [("p", "No trial has completed yet.")])
     metric = facts["header"]["metric"]
     rows = [["trial", best["trial"]], ["backbone", best["backbone"]], ["adapter", best["adapter"]]]
-    rows += [[k, fmt_value(v)] for k, v in best["params"].items() if k not in ("backbone", "adapter")]
+    rows += [[k, fmt_value(v)] for k, v in best["params"].items() if k not in ("backbone", "adapter") and v is not None]
     rows += [[f"val {metric}", fmt_value(best["val"].get(metric))],
              ["best epoch", f"{fmt_value(best.get('best_epoch'))} of {best['epochs_run']} run"]]
     if best.get("test"):
