@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Any, List, Optional, Sequence
+from typing import Optional, Sequence
 
 from . import __version__
 from .errors import AutotlError, UsageError

@@ -20,7 +20,8 @@ PLOTS: Dict[str, Tuple[str, str]] = {
     "learning_curves": ("Learning curves", "Validation metric by epoch for every trial; x marks where a pruned "
                         "trial stopped."),
     "importance": ("Parameter importance", "How much of the metric's variation each parameter explains (fANOVA)."),
-    "by_backbone": ("Metric by backbone", "Completed trials' values per source model; the box spans the quartiles."),
+    "by_backbone": ("Metric by backbone", "Each trial's value per source model; the box spans the completed trials' "
+                    "quartiles, hollow markers are pruned trials at their best epoch."),
     "freeze_depth": ("Freeze depth against the metric", "Each trial's value at its freeze depth, coloured by "
                      "backbone; hollow markers are pruned trials at their best epoch."),
     "timeline": ("Timeline", "When each trial ran and how it ended."),
@@ -96,16 +97,28 @@ def learning_curves(study: optuna.Study, facts: Mapping[str, Any]) -> bytes:
 
 
 def by_backbone(facts: Mapping[str, Any]) -> bytes:
-    groups = {name: e["values"] for name, e in facts["by_backbone"].items() if e["values"]}
-    if not groups:
-        raise ValueError("no completed trial")
+    names = list(facts["by_backbone"])
+    partial: Dict[str, List[float]] = {n: [] for n in names}
+    for p in facts["freeze_depth"]:  # pruned trials' best epoch, so a backbone never completed still shows
+        if p["state"] == "pruned" and p["backbone"] in partial:
+            partial[p["backbone"]].append(p["value"])
+    if not any(facts["by_backbone"][n]["values"] or partial[n] for n in names):
+        raise ValueError("no trial with a value")
     fig, ax = _figure()
-    names = list(groups)
-    ax.boxplot([groups[n] for n in names], orientation="horizontal", tick_labels=names, widths=0.5)
+    fig.set_size_inches(SIZE[0], max(2.2, 0.9 + 0.55 * len(names)))
+    colors = _colors(sorted(names))
     for i, n in enumerate(names, 1):
-        ax.scatter(groups[n], [i] * len(groups[n]), s=18, alpha=0.6, zorder=3)
-    ax.set_xlabel(f"val {facts['header']['metric']}")
-    ax.invert_yaxis()
+        values = facts["by_backbone"][n]["values"]
+        if values:
+            ax.boxplot([values], positions=[i], orientation="horizontal", widths=0.5, showfliers=False,
+                       medianprops={"color": colors[n]})
+            ax.scatter(values, [i] * len(values), s=22, color=colors[n], zorder=3,
+                       label="completed" if i == 1 else None)
+        if partial[n]:
+            ax.scatter(partial[n], [i] * len(partial[n]), s=22, facecolors="none", edgecolors=[colors[n]], zorder=3)
+    ax.set_yticks(range(1, len(names) + 1), names)
+    ax.set_ylim(len(names) + 0.6, 0.4)
+    ax.set_xlabel(f"val {facts['header']['metric']} (filled: completed, hollow: pruned at its best epoch)")
     return _png(fig)
 
 
@@ -196,7 +209,7 @@ def draw_all(study: optuna.Study, facts: Mapping[str, Any]) -> Tuple[Dict[str, b
         "best_over_time": lambda: best_over_time(study),
         "confusion_matrix": lambda: confusion_matrix(facts),
     }
-    needs_complete = {"optimization_history", "by_backbone", "best_over_time"}
+    needs_complete = {"optimization_history", "best_over_time"}
     images: Dict[str, bytes] = {}
     skipped: Dict[str, str] = {}
     with matplotlib.rc_context({"figure.max_open_warning": 0, "axes.grid": True, "grid.alpha": 0.3}):

@@ -1,7 +1,7 @@
 """The terminal leaderboard: the top trials, the best setup and where its model is."""
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import Any, Mapping
 
 from ..fmt import text_table
 
