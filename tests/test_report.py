@@ -423,3 +423,16 @@ def test_report_from_a_storage_url_while_another_process_adds_trials(tmp_path):
         t.number for t in sorted(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)),
                                  key=lambda t: (-t.value, t.number))]
     assert (tmp_path / "snap0" / "report.html").is_file()
+
+
+def test_without_a_test_split_the_confusion_matrix_is_on_val(image_folder, tmp_path):
+    autotl.search(str(image_folder), space="quick", backbones="timm/test_vit", trials=1, epochs=2, device="cpu",
+                  out=str(tmp_path / "run"), seed=0)
+    facts = json.loads((tmp_path / "run" / "report.json").read_text())
+    cm = facts["best"]["confusion_matrix"]
+    assert cm["split"] == "val" and facts["best"]["test"] is None
+    assert sum(map(sum, cm["matrix"])) == facts["header"]["dataset"]["images"]["val"] > 0
+    correct = sum(cm["matrix"][i][i] for i in range(len(cm["matrix"])))
+    assert correct / sum(map(sum, cm["matrix"])) == pytest.approx(facts["best"]["val"]["accuracy"])  # best epoch
+    assert "confusion_matrix" in facts["figures"]["drawn"]
+    assert "no test split" in (tmp_path / "run" / "report.md").read_text()
