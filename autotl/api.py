@@ -39,7 +39,7 @@ def search(data: str, *, on_trial: Optional[Callable[[TrialRecord], None]] = Non
 def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,
                progress: Any = None) -> RunResult:
     from .data import load_dataset
-    from .export import save_model
+    from .export import merged_for_export, save_model
     from .progress import Progress
     from .report import collect_facts, write_report
     from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
@@ -67,8 +67,10 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
         other = best_other_value(study, number)
         if state is not None and (other is None or value > other):
+            state, adapter, adapter_params = merged_for_export(model.module, state, plugins.adapters.get(params.adapter),
+                                                               plugins.adapters, params.adapter_params)
             save_model(str(out_dir / BEST_DIR), state, source=plugins.sources.get(params.backbone),
-                       adapter=plugins.adapters.get(params.adapter), adapter_params=params.adapter_params,
+                       adapter=adapter, adapter_params=adapter_params,
                        classes=dataset.classes, data_config=model.data_config,
                        extra={"study": name, "trial": number, "value": value, "metric": config.metric,
                               "params": params.as_dict()})

@@ -40,6 +40,23 @@ def _loads_into_plain_timm(source: SourceModel, num_classes: int, state: Mapping
         return False
 
 
+def merged_for_export(module: torch.nn.Module, state: Mapping[str, torch.Tensor], adapter: TargetAdapter,
+                      adapters: Any, adapter_params: Mapping[str, Any]) -> Tuple[Dict[str, torch.Tensor], TargetAdapter,
+                                                                              Dict[str, Any]]:
+    """The weights to export, and the adapter (with its params) that rebuilds them.
+
+    An adapter with ``merge`` (LoRA) is folded into plain layers first: ``module`` gets ``state``,
+    is merged, and the export names ``adapter.exports_as`` so no adapter code is needed later.
+    """
+    if adapter.merge is None:
+        return dict(state), adapter, dict(adapter_params)
+    module.load_state_dict(state)
+    merged = adapter.merge(module)
+    plain = {k: v.detach().to("cpu", copy=True) for k, v in merged.state_dict().items()}
+    target = adapters.get(adapter.exports_as) if adapter.exports_as else adapter
+    return plain, target, ({} if adapter.exports_as else dict(adapter_params))
+
+
 def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: SourceModel, adapter: TargetAdapter,
                adapter_params: Mapping[str, Any], classes: Sequence[str], data_config: Mapping[str, Any],
                extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:

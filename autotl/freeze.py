@@ -7,7 +7,7 @@ parameters are all frozen keep their running statistics fixed.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from torch import nn
 
@@ -19,13 +19,43 @@ def frozen_group_count(depth: float, n_groups: int) -> int:
     return int(math.floor(max(0.0, min(1.0, depth)) * n_groups + 0.5))
 
 
+STRATEGIES = ("freeze_depth", "lp_ft", "surgical")
+
+
+def trainable_groups(n_groups: int, *, strategy: str = "freeze_depth", freeze_depth: float = 0.0,
+                     surgical_group: Optional[float] = None, phase: str = "ft") -> FrozenSet[int]:
+    """Which layer groups train.
+
+    ``freeze_depth``: all but the first ``freeze_depth`` fraction. ``lp_ft``: none in the
+    linear-probe phase (``phase="lp"``), then as ``freeze_depth``. ``surgical``: only the one
+    group at relative position ``surgical_group`` (0 = the first, next to the input; 1 = the last).
+    """
+    if strategy == "surgical":
+        pos = 1.0 if surgical_group is None else max(0.0, min(1.0, surgical_group))
+        return frozenset({int(round(pos * (n_groups - 1)))}) if n_groups else frozenset()
+    if strategy == "lp_ft" and phase == "lp":
+        return frozenset()
+    return frozenset(range(frozen_group_count(freeze_depth, n_groups), n_groups))
+
+
+def set_trainable(model: AdaptedModel, groups: Iterable[int]) -> List[str]:
+    """Let the head and the backbone parameters of ``groups`` train (where the adapter allows);
+    freeze the rest. Returns the frozen parameter names."""
+    allowed = set(groups)
+    group_of = model.group_of()
+    last = len(model.groups) - 1
+    frozen = []
+    for name, param in model.module.named_parameters():
+        train = name in model.head or (group_of.get(name, last) in allowed and model.may_train(name))
+        param.requires_grad_(train)
+        if not train:
+            frozen.append(name)
+    return sorted(frozen)
+
+
 def apply_freeze_depth(model: AdaptedModel, depth: float) -> List[str]:
     """Freeze the first ``depth`` fraction of the backbone's groups; return the frozen parameter names."""
-    k = frozen_group_count(depth, len(model.groups))
-    frozen = {n for g in model.groups[:k] for n in g}
-    for name, param in model.module.named_parameters():
-        param.requires_grad_(name not in frozen)
-    return sorted(frozen)
+    return set_trainable(model, trainable_groups(len(model.groups), freeze_depth=depth))
 
 
 def frozen_norm_layers(module: nn.Module) -> List[nn.Module]:

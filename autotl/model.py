@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,9 +26,14 @@ class AdaptedModel:
     groups: Tuple[Tuple[str, ...], ...]  # backbone parameter names per layer group, input -> output
     data_config: Dict[str, Any]
     num_outputs: int
+    trains_backbone: Optional[Callable[[str], bool]] = None  # the adapter's say on which backbone params train
 
     def group_of(self) -> Dict[str, int]:
         return {name: i for i, names in enumerate(self.groups) for name in names}
+
+    def may_train(self, name: str) -> bool:
+        """Whether the adapter lets this backbone parameter train at all (head parameters always do)."""
+        return name in self.head or self.trains_backbone is None or bool(self.trains_backbone(name))
 
 
 def _set_attr_path(root: nn.Module, path: str, value: nn.Module) -> None:
@@ -146,7 +151,7 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
     head = frozenset(n for n, p in module.named_parameters() if id(p) not in backbone_ids)
     groups = tuple(tuple(name_of[i] for i in g if i in name_of) for g in groups_by_id)
     return AdaptedModel(module=module, head=head, groups=tuple(g for g in groups if g),
-                        data_config=data_config, num_outputs=num_outputs)
+                        data_config=data_config, num_outputs=num_outputs, trains_backbone=adapter.trains_backbone)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -7,6 +7,8 @@ and the recipe knobs. Each knob is either a fixed value, a range ``{low, high, l
 """
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -338,17 +340,28 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
         raise SpaceError(f"{key}: every matching source model is excluded",
                          "widen the include globs or drop some excludes")
     adapter_specs = {}
+    usable = []
     for name in file.adapters:
         if name not in plugins.adapters:
             raise SpaceError(f"{file.path}: adapters: unknown target adapter {name!r}",
                              f"registered: {', '.join(plugins.adapters.names()) or 'none'}")
-        adapter_specs[name] = _adapter_specs(file, plugins.adapters.get(name))
+        adapter = plugins.adapters.get(name)
+        missing = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            warnings.warn(f"{file.path}: adapter {name!r} needs {', '.join(missing)}, which is not installed; "
+                          f"searching without it (pip install {' '.join(missing)})", stacklevel=2)
+            continue
+        usable.append(name)
+        adapter_specs[name] = _adapter_specs(file, adapter)
+    if not usable:
+        raise SpaceError(f"{file.path}: adapters: none of {list(file.adapters)} can be used here",
+                         "install what the warnings name, or list another adapter")
     for name in file.adapter_params:
-        if name not in file.adapters:
+        if name not in file.adapters:  # listed but missing its requirements is fine
             raise _fail(file.path, f"adapter_params.{name}", "adapter is not in the adapters list",
                         "add it to adapters or drop its params")
     max_epochs = epochs if epochs is not None else file.epochs
     if max_epochs < 1:
         raise SpaceError(f"--epochs must be at least 1, got {max_epochs}", "pass --epochs 1 or more")
-    return Space(file=file, backbones=tuple(names), adapters=file.adapters, adapter_specs=adapter_specs,
+    return Space(file=file, backbones=tuple(names), adapters=tuple(usable), adapter_specs=adapter_specs,
                  epochs=max_epochs)

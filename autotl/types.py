@@ -69,9 +69,18 @@ class TargetAdapter:
         space: this adapter's hyperparameters as a search-space fragment, in the syntax of the
             ``params`` section of a space file. They are sampled only when this adapter is chosen
             and reach ``attach`` by their short names.
-        exports_plain_timm: True when the attached model is the plain timm network with a
-            ``num_classes`` head, so the exported weights load into ``timm.create_model``.
+        exports_plain_timm: True when the exported model (after ``merge``) is the plain timm
+            network with a ``num_classes`` head, so its weights load into ``timm.create_model``.
         description: one line for listings.
+        trains_backbone: which of the backbone's own parameters may train, as a predicate over
+            their names in the attached model; None lets every one train (subject to the freeze
+            strategy). LoRA: ``lambda name: False``; BitFit: biases only.
+        merge: folds the adapter into plain layers before export, e.g. LoRA's
+            ``merge_and_unload``; ``best/`` and ``autotl predict`` then need no adapter code.
+        exports_as: after ``merge``, the model has the structure that this other adapter builds
+            (e.g. ``"linear"``); the export records that adapter so it can be rebuilt.
+        requires: importable modules the adapter needs (e.g. ``("peft",)``). A space that lists
+            the adapter while one is missing drops it with a warning that says what to install.
     """
 
     name: str
@@ -79,6 +88,10 @@ class TargetAdapter:
     space: Mapping[str, Any] = field(default_factory=dict)
     exports_plain_timm: bool = False
     description: str = ""
+    trains_backbone: Optional[Callable[[str], bool]] = None
+    merge: Optional[Callable[[Any], Any]] = None
+    exports_as: Optional[str] = None
+    requires: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

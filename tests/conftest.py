@@ -68,4 +68,4 @@ def plugins():
 def _threads():
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(int(os.environ.get("AUTOTL_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
