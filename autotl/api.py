@@ -44,20 +44,25 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     from .report import collect_facts, write_report
     from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
     from .space import load_space_file, resolve_space
-    from .study import DIRECTION, TrialRunner, best_other_value, make_storage, open_study, records, run_trials, storage_label
+    from .study import (TrialRunner, best_other_value, make_storage, open_study, records, resolve_metric, run_trials,
+                        storage_label)
+    from .tasks import better, direction, make_task
     from .tensors import TensorCache
     from .trainer import resolve_device
 
     started = time.perf_counter()
     progress = progress if progress is not None else Progress()
     plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
-    space = resolve_space(load_space_file(config.space), plugins, config.backbones, config.epochs)
-    dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction)
+    space_file = load_space_file(config.space)
+    dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction, task=config.task)
+    space = resolve_space(space_file, plugins, config.backbones, config.epochs, task=dataset.task)
+    task = make_task(dataset.task, dataset.train.labels)
     device = resolve_device(config.device)
     name = config.study_name()
     out_dir = config.out_dir(name)
     storage = make_storage(config.storage, out_dir)
-    study = open_study(config, name, storage, space)
+    metric = resolve_metric(config, name, storage, dataset.task)
+    study = open_study(name, storage, space, metric, config.seed)
     if "dataset" not in study.user_attrs:
         study.set_user_attr("dataset", dataset.describe())
     study.set_user_attr("run_dir", str(out_dir.resolve()))
@@ -66,14 +71,14 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
 
     def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
         other = best_other_value(study, number)
-        if state is not None and (other is None or value > other):
+        if state is not None and better(metric, value, other):
             state, adapter, adapter_params = merged_for_export(model.module, state, plugins.adapters.get(params.adapter),
                                                                plugins.adapters, params.adapter_params)
             save_model(str(out_dir / BEST_DIR), state, source=plugins.sources.get(params.backbone),
                        adapter=adapter, adapter_params=adapter_params,
                        classes=dataset.classes, data_config=model.data_config,
-                       extra={"study": name, "trial": number, "value": value, "metric": config.metric,
-                              "params": params.as_dict()})
+                       extra={"study": name, "trial": number, "value": value, "metric": metric,
+                              "params": params.as_dict(), **task.export()})
 
     def trial_done(record: TrialRecord) -> None:
         plugins.trial_finished(record)
@@ -84,8 +89,8 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
             except Exception as exc:  # a progress callback never stops the search
                 warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
-    runner = TrialRunner(config=config, space=space, dataset=dataset, plugins=plugins, device=device,
-                         tensors=TensorCache(), on_best=on_best, progress=progress)
+    runner = TrialRunner(config=config, space=space, dataset=dataset, task=task, metric=metric, plugins=plugins,
+                         device=device, tensors=TensorCache(task), on_best=on_best, progress=progress)
     interrupted = False
     progress.search_started(config.n_trials, config.timeout)
     try:
@@ -95,8 +100,8 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     finally:
         progress.search_finished()
     all_records = records(study)
-    test = score_test_split(study, out_dir, dataset, device, plugins) if not interrupted else None
-    summary = summarize(study, all_records, out_dir=out_dir, metric=config.metric,
+    test = score_test_split(study, out_dir, dataset, device, plugins, task) if not interrupted else None
+    summary = summarize(study, all_records, out_dir=out_dir, metric=metric,
                         elapsed_s=time.perf_counter() - started, test=test,
                         extra={"dataset": dataset.describe(), "device": str(device), "space": space.file.path,
                                "storage": storage_label(config.storage, out_dir), "out_dir": str(out_dir)})
@@ -109,7 +114,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
             warnings.warn(f"could not write the report: {type(exc).__name__}: {exc}; "
                           f"retry with `autotl report {out_dir}`", stacklevel=2)
     result = RunResult(study=name, out_dir=str(out_dir), storage=storage_label(config.storage, out_dir),
-                       metric=config.metric, direction=DIRECTION, summary=summary, trials=all_records, report=facts)
+                       metric=metric, direction=direction(metric), summary=summary, trials=all_records, report=facts)
     plugins.search_finished(result)
     if interrupted:
         raise KeyboardInterrupt

@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="number of trials (default 20 unless --timeout)")
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
     s.add_argument("--epochs", type=int, help="max epochs per trial (default: the space's)")
-    s.add_argument("--metric", default="accuracy", help="accuracy, balanced_accuracy or macro_f1")
+    s.add_argument("--metric", help="multiclass: accuracy (default), balanced_accuracy, macro_f1; multilabel: map "
+                                    "(default), macro_f1, micro_f1; regression: rmse (default), mae, r2")
+    s.add_argument("--task", default="auto", choices=("auto", "multiclass", "multilabel", "regression"),
+                   help="auto: a CSV's labels column means multilabel, target regression, label multiclass")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:i")
     s.add_argument("--out", metavar="DIR", help="run folder (default runs/<study>)")
     s.add_argument("--seed", type=int, default=0)
@@ -111,7 +114,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .report import format_leaderboard
 
     result = search(args.data, space=args.space, backbones=args.backbones, trials=args.trials,
-                    timeout=args.timeout, epochs=args.epochs, metric=args.metric, device=args.device, out=args.out,
+                    timeout=args.timeout, epochs=args.epochs, metric=args.metric, task=args.task, device=args.device, out=args.out,
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
@@ -155,7 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
     else:
-        print(text_table([[r["path"], r["label"], r["confidence"]] for r in rows], ["path", "label", "confidence"]))
+        shown = [k for k in ("path", "label", "confidence", "labels", "prediction") if rows and k in rows[0]]
+        print(text_table([[r[k] for k in shown] for r in rows], shown))
     return 0
 
 

@@ -9,7 +9,14 @@ from typing import Any, Optional, Tuple
 
 from .errors import ConfigError
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+#: Every metric and its direction.
+METRICS = {"accuracy": "maximize", "balanced_accuracy": "maximize", "macro_f1": "maximize", "micro_f1": "maximize",
+           "map": "maximize", "mae": "minimize", "rmse": "minimize", "r2": "maximize"}
+#: The metrics of each task; the first is its default.
+TASK_METRICS = {"multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
+                "multilabel": ("map", "macro_f1", "micro_f1"),
+                "regression": ("rmse", "mae", "r2")}
+TASKS = ("auto", *TASK_METRICS)
 DEFAULT_TRIALS = 20
 
 
@@ -27,7 +34,8 @@ class RunConfig:
     trials: Optional[int] = None
     timeout: Optional[float] = None
     epochs: Optional[int] = None
-    metric: str = "accuracy"
+    metric: Optional[str] = None  # None: the task's default (or a resumed study's own metric)
+    task: str = "auto"
     device: str = "auto"
     out: Optional[str] = None
     seed: int = 0
@@ -50,7 +58,11 @@ class RunConfig:
                    name, "an int >= 1", value)
         _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),
                "timeout", "a number of seconds > 0", self.timeout)
-        _check(self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}", self.metric)
+        _check(self.metric is None or self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}", self.metric)
+        _check(self.task in TASKS, "task", f"one of {', '.join(TASKS)}", self.task)
+        if self.metric is not None and self.task != "auto" and self.metric not in TASK_METRICS[self.task]:
+            raise ConfigError(f"metric {self.metric!r} does not apply to a {self.task} task",
+                              f"use one of {', '.join(TASK_METRICS[self.task])}")
         _check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed",
                "an int >= 0", self.seed)
         _check(isinstance(self.val_fraction, float) and 0.0 < self.val_fraction < 1.0, "val_fraction",

@@ -49,17 +49,25 @@ class Dataset:
     train: ImageSet
     val: ImageSet
     test: Optional[ImageSet]
-    val_from: str  # "given" or "stratified"
+    val_from: str  # "given", "stratified" or "random"
     skipped: int
+    task: str = "multiclass"  # labels: class indices (N,); multilabel: 0/1 (N, C); regression: floats (N,)
 
     def describe(self) -> Dict[str, Any]:
         """JSON-able facts for summaries and reports."""
-        return {
-            "name": self.name, "source": self.source, "classes": list(self.classes),
+        facts: Dict[str, Any] = {
+            "name": self.name, "source": self.source, "task": self.task, "classes": list(self.classes),
             "images": {s: (len(getattr(self, s)) if getattr(self, s) is not None else 0)
                        for s in ("train", "val", "test")},
             "val_from": self.val_from, "skipped": self.skipped,
         }
+        if self.task == "regression":
+            y = self.train.labels
+            facts["target"] = {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()),
+                               "max": float(y.max())}
+        elif self.task == "multilabel":
+            facts["positives"] = {c: int(v) for c, v in zip(self.classes, self.train.labels.sum(0))}
+        return facts
 
 
 Item = Tuple[Any, str, str]  # (image or path, label, shown path)
@@ -115,34 +123,68 @@ def _folder_splits(root: Path) -> Dict[str, List[Item]]:
     return splits
 
 
-def _csv_splits(path: Path) -> Dict[str, List[Item]]:
+#: The CSV column that holds the target, per task; ``auto`` picks the task by which column exists.
+TASK_COLUMNS = {"multilabel": "labels", "regression": "target", "multiclass": "label"}
+LABEL_SEPARATOR = ";"
+
+
+def _csv_task(path: Path, columns: Sequence[str], task: str) -> Tuple[str, str]:
+    """The task and the column holding its target."""
+    if task == "auto":
+        for name, column in TASK_COLUMNS.items():
+            if column in columns:
+                return name, column
+        task = "multiclass"
+    candidates = [TASK_COLUMNS[task], *[c for c in TASK_COLUMNS.values() if c != TASK_COLUMNS[task]]]
+    column = next((c for c in candidates if c in columns), None)
+    if "path" not in columns or column is None:
+        missing = [c for c in ("path", TASK_COLUMNS[task]) if c not in columns]
+        raise DataError(f"{path.name} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})",
+                        "give the CSV a header row with path and label (one class), labels (several, separated "
+                        "by ;) or target (a number), and optionally split")
+    return task, column
+
+
+def _csv_target(task: str, value: str, where: str) -> Any:
+    if task == "multilabel":
+        return tuple(sorted({v.strip() for v in value.split(LABEL_SEPARATOR) if v.strip()}))
+    if not value:
+        raise DataError(f"{where}: missing {'target' if task == 'regression' else 'label'}",
+                        "label every row, or drop unlabelled rows")
+    if task == "regression":
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not np.isfinite(number):
+            raise DataError(f"{where}: target {value!r} is not a finite number", "write a plain number such as 3.25")
+        return number
+    return value
+
+
+def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], str]:
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist", "check the path")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = {"path", "label"} - set(columns)
-        if missing:
-            raise DataError(f"{path.name} lacks the column(s) {', '.join(sorted(missing))} (found: {', '.join(columns) or 'none'})",
-                            "give the CSV a header row with path,label (and optionally split)")
+        task, column = _csv_task(path, columns, task)
         splits: Dict[str, List[Item]] = {}
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
             if not row.get("path"):
                 raise DataError(f"{path.name} line {line}: empty path", "fill in the image path or drop the row")
-            if not row.get("label"):
-                raise DataError(f"{path.name} line {line}: missing label for {row['path']!r}",
-                                "label every row, or drop unlabelled rows")
+            target = _csv_target(task, row.get(column, ""), f"{path.name} line {line} ({row['path']!r})")
             split = (row.get("split") or "train").lower()
             canon = next((s for s, names in SPLIT_NAMES.items() if split in names), None)
             if canon is None:
                 raise DataError(f"{path.name} line {line}: unknown split {split!r}", "use train, val or test")
             img_path = Path(row["path"])
             img_path = img_path if img_path.is_absolute() else path.parent / img_path
-            splits.setdefault(canon, []).append((img_path, row["label"], str(img_path)))
+            splits.setdefault(canon, []).append((img_path, target, str(img_path)))
     if not splits.get("train"):
         raise DataError(f"{path.name} has no training rows", "add rows (split empty or train)")
-    return splits
+    return splits, task
 
 
 def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
@@ -158,9 +200,28 @@ def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
             for split, rows in raw.items() if split in SPLIT_NAMES}
 
 
-def _image_set(rows: Sequence[Tuple[Image.Image, str, str]], index: Mapping[str, int]) -> ImageSet:
-    return ImageSet(images=tuple(r[0] for r in rows), labels=np.array([index[r[1]] for r in rows], dtype=np.int64),
-                    paths=tuple(r[2] for r in rows))
+def _image_set(rows: Sequence[Tuple[Image.Image, Any, str]], index: Mapping[str, int], task: str) -> ImageSet:
+    if task == "regression":
+        labels = np.array([r[1] for r in rows], dtype=np.float32)
+    elif task == "multilabel":
+        labels = np.zeros((len(rows), len(index)), dtype=np.float32)
+        for i, r in enumerate(rows):
+            labels[i, [index[v] for v in r[1]]] = 1.0
+    else:
+        labels = np.array([index[r[1]] for r in rows], dtype=np.int64)
+    return ImageSet(images=tuple(r[0] for r in rows), labels=labels, paths=tuple(r[2] for r in rows))
+
+
+def random_split(rows: Sequence[Tuple[Any, Any, str]], fraction: float, seed: int) -> Tuple[list, list]:
+    """Split rows into train/val at random, reproducibly: for targets that cannot be stratified."""
+    from sklearn.model_selection import train_test_split
+
+    if len(rows) < 4:
+        raise DataError(f"{len(rows)} images are too few to hold out a validation set",
+                        "add images or give a val split yourself")
+    n_val = max(1, int(round(fraction * len(rows))))
+    tr, va = train_test_split(np.arange(len(rows)), test_size=n_val, random_state=seed)
+    return [rows[i] for i in sorted(tr)], [rows[i] for i in sorted(va)]
 
 
 def stratified_split(rows: Sequence[Tuple[Any, str, str]], fraction: float, seed: int) -> Tuple[list, list]:
@@ -183,23 +244,32 @@ def stratified_split(rows: Sequence[Tuple[Any, str, str]], fraction: float, seed
     return [rows[i] for i in sorted(tr)], [rows[i] for i in sorted(va)]
 
 
-def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction: float = 0.2) -> Dataset:
+def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction: float = 0.2,
+                 task: str = "auto") -> Dataset:
     """Load ``spec`` (a folder, a ``.csv`` file or ``builtin:NAME``) into decoded splits.
+
+    ``task`` is ``auto`` (a CSV's ``labels`` column means multilabel, ``target`` regression,
+    ``label`` multiclass; folders and builtins are multiclass), or one of those names.
 
     Raises:
         DataError: empty source, one class, a class too small to split, bad CSV columns,
-            missing labels, or val/test labels that train lacks.
+            missing labels or targets, or val/test labels that train lacks.
     """
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if plugins is None:
             from .plugins import get_plugin_manager
             plugins = get_plugin_manager()
-        raw, label = _builtin_splits(name, plugins), name
+        raw, label, found = _builtin_splits(name, plugins), name, "multiclass"
     elif spec.lower().endswith(".csv"):
-        raw, label = _csv_splits(Path(spec)), Path(spec).stem
+        (raw, found), label = _csv_splits(Path(spec), task), Path(spec).stem
     else:
-        raw, label = _folder_splits(Path(spec)), Path(spec).resolve().name
+        raw, label, found = _folder_splits(Path(spec)), Path(spec).resolve().name, "multiclass"
+    if task not in ("auto", found):
+        raise DataError(f"{spec!r} holds {found} labels, not {task} ones",
+                        "use a CSV with a labels column (multilabel) or a target column (regression), "
+                        "or drop --task")
+    task = found
 
     decoded: Dict[str, list] = {}
     skipped: List[str] = []
@@ -210,23 +280,46 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
         warnings.warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}", stacklevel=2)
     if not decoded.get("train"):
         raise DataError(f"no readable training images in {spec!r}", "check the files are images")
-    classes = tuple(sorted({r[1] for r in decoded["train"]}))
-    if len(classes) < 2:
+    classes = _classes(spec, task, decoded)
+    if decoded.get("val"):
+        train_rows, val_rows, val_from = decoded["train"], decoded["val"], "given"
+        missing = sorted(set(classes) - set(_label_names(task, val_rows))) if task == "multiclass" else []
+        if missing:
+            warnings.warn(f"the val split has no images of class(es) {', '.join(missing[:5])}", stacklevel=2)
+    elif task == "multiclass":
+        train_rows, val_rows = stratified_split(decoded["train"], val_fraction, seed)
+        val_from = "stratified"
+    else:
+        train_rows, val_rows = random_split(decoded["train"], val_fraction, seed)
+        val_from = "random"
+    index = {c: i for i, c in enumerate(classes)}
+    test = _image_set(decoded["test"], index, task) if decoded.get("test") else None
+    return Dataset(name=label, source=spec, classes=classes, train=_image_set(train_rows, index, task),
+                   val=_image_set(val_rows, index, task), test=test, val_from=val_from, skipped=len(skipped),
+                   task=task)
+
+
+def _label_names(task: str, rows: Sequence[Tuple[Any, Any, str]]) -> List[str]:
+    if task == "multilabel":
+        return sorted({name for r in rows for name in r[1]})
+    return sorted({r[1] for r in rows})
+
+
+def _classes(spec: str, task: str, decoded: Mapping[str, list]) -> Tuple[str, ...]:
+    """The output names: classes, labels, or the regression target; checked against val and test."""
+    if task == "regression":
+        values = np.array([r[1] for r in decoded["train"]], dtype=np.float64)
+        if len(values) > 1 and values.std() == 0:
+            raise DataError(f"every training target in {spec!r} is {values[0]:g}", "a regression needs varying targets")
+        return ("target",)
+    classes = tuple(_label_names(task, decoded["train"]))
+    if task == "multiclass" and len(classes) < 2:
         raise DataError(f"{spec!r} has a single class ({classes[0]!r})", "a classifier needs at least 2 classes")
+    if task == "multilabel" and not classes:
+        raise DataError(f"no training image of {spec!r} has a label", "list each image's labels, separated by ;")
     for split in ("val", "test"):
-        unknown = sorted({r[1] for r in decoded.get(split, [])} - set(classes))
+        unknown = sorted(set(_label_names(task, decoded.get(split, []))) - set(classes))
         if unknown:
             raise DataError(f"the {split} split has label(s) the train split lacks: {', '.join(map(repr, unknown[:5]))}",
                             f"add training images for them or remove them from {split}")
-    if decoded.get("val"):
-        train_rows, val_rows, val_from = decoded["train"], decoded["val"], "given"
-        missing = sorted(set(classes) - {r[1] for r in val_rows})
-        if missing:
-            warnings.warn(f"the val split has no images of class(es) {', '.join(missing[:5])}", stacklevel=2)
-    else:
-        train_rows, val_rows = stratified_split(decoded["train"], val_fraction, seed)
-        val_from = "stratified"
-    index = {c: i for i, c in enumerate(classes)}
-    test = _image_set(decoded["test"], index) if decoded.get("test") else None
-    return Dataset(name=label, source=spec, classes=classes, train=_image_set(train_rows, index),
-                   val=_image_set(val_rows, index), test=test, val_from=val_from, skipped=len(skipped))
+    return classes

@@ -141,16 +141,20 @@ def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Di
 
 def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, device: str = "auto",
             out: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Predict each image's class with the saved model; optionally write a CSV.
+    """Predict each image with the saved model; optionally write a CSV.
 
-    Each row: ``path``, ``label`` (the predicted class), ``confidence``, and one ``p_<class>``
-    column per class.
+    Each row has ``path``, then by task: multiclass ``label`` (the predicted class),
+    ``confidence`` and one ``p_<class>`` column per class; multilabel ``labels`` (the labels at or
+    above the threshold, joined by ``;``) and one ``p_<label>`` column per label; regression
+    ``prediction``.
     """
-    from .data import _decode
+    from .data import LABEL_SEPARATOR, _decode
+    from .tasks import task_from_config
     from .tensors import to_tensors
-    from .trainer import predict_proba, resolve_device
+    from .trainer import predict_outputs, resolve_device
 
     module, config = load_model(model_dir, plugins)
+    task = task_from_config(config)
     paths = _expand_images(images)
     decoded, bad = [], []
     for p in paths:
@@ -162,16 +166,23 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
         raise ModelError(f"cannot read {len(bad)} image(s), e.g. {bad[0]}", "pass readable image files")
     data = to_tensors(decoded, np.zeros(len(decoded), dtype=np.int64), config["data_config"])
     dev = resolve_device(device)
-    probs = predict_proba(module.to(dev), data, dev)
+    outputs = predict_outputs(module.to(dev), data, dev, task)
     classes = config["classes"]
     rows = []
-    for p, row in zip(paths, probs):
-        k = int(row.argmax())
-        rows.append({"path": p, "label": classes[k], "confidence": float(row[k]),
-                     **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
+    for p, row in zip(paths, outputs):
+        if task.name == "regression":
+            rows.append({"path": p, "prediction": float(row)})
+        elif task.name == "multilabel":
+            chosen = [c for c, v in zip(classes, row) if v >= task.threshold]
+            rows.append({"path": p, "labels": LABEL_SEPARATOR.join(chosen),
+                         **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
+        else:
+            k = int(row.argmax())
+            rows.append({"path": p, "label": classes[k], "confidence": float(row[k]),
+                         **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
     if out:
         with open(out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["path", "label", "confidence"] + [f"p_{c}" for c in classes])
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["path"])
             writer.writeheader()
             writer.writerows(rows)
     return rows

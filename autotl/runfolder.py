@@ -33,7 +33,8 @@ def best_model_trial(out_dir: Path) -> Optional[int]:
         return None
 
 
-def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any) -> Optional[Dict[str, Any]]:
+def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any,
+                     task: Any = None) -> Optional[Dict[str, Any]]:
     """Score the best trial on the test split, once: the result is kept in the study's user attrs."""
     if dataset.test is None:
         return None
@@ -51,7 +52,8 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
     from .trainer import evaluate
 
     module, config = load_model(str(out_dir / BEST_DIR), plugins)
-    scores = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"]), device)
+    scores = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"], task), device,
+                      task, list(dataset.classes))
     study.set_user_attr(TEST_ATTR, {**cached, str(best.number): scores})
     return scores
 
@@ -72,7 +74,7 @@ def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path,
         best_entry = {
             "trial": best.number, "value": best.value, "params": dict(rec.params), "backbone": rec.backbone,
             "adapter": rec.adapter, "epochs_run": rec.epochs_run,
-            "test": {k: v for k, v in test.items() if k != "confusion_matrix"} if test else None,
+            "test": {k: v for k, v in test.items() if k not in ("confusion_matrix", "details")} if test else None,
             "test_confusion_matrix": test.get("confusion_matrix") if test else None,
             "model_dir": str(out_dir / BEST_DIR) if has_model else None,
         }

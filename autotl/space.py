@@ -18,19 +18,40 @@ import yaml
 
 from .errors import RegistryError, SpaceError
 
-#: Core knobs: (python type, default, lowest allowed, highest allowed).
+#: Core knobs: (python type, default, lowest allowed, highest allowed). docs/user-guide.md explains each.
 CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
+    "strategy": (str, "freeze_depth", None, None),
     "freeze_depth": (float, 0.0, 0.0, 1.0),
+    "lp_fraction": (float, 0.25, 0.0, 0.9),
+    "surgical_group": (float, 1.0, 0.0, 1.0),
+    "optimizer": (str, "adamw", None, None),
+    "momentum": (float, 0.9, 0.0, 0.999),
     "head_lr": (float, 1e-3, 1e-7, 1.0),
     "backbone_lr": (str, "multiplier", None, None),
     "backbone_lr_mult": (float, 0.1, 0.0, 10.0),
     "layer_decay": (float, 0.75, 0.0, 1.0),
     "weight_decay": (float, 0.05, 0.0, 1.0),
     "batch_size": (int, 32, 1, 4096),
+    "schedule": (str, "cosine", None, None),
     "warmup_epochs": (int, 1, 0, 1000),
     "label_smoothing": (float, 0.0, 0.0, 0.5),
+    "augmentation": (str, "none", None, None),
+    "mixup_alpha": (float, 0.0, 0.0, 10.0),
+    "cutmix_alpha": (float, 0.0, 0.0, 10.0),
+    "drop_path": (float, 0.0, 0.0, 0.9),
+    "grad_clip": (float, 0.0, 0.0, 1000.0),
+    "l2sp": (str, "off", None, None),
+    "l2sp_weight": (float, 0.01, 0.0, 10.0),
 }
-CHOICES = {"backbone_lr": ("multiplier", "layer_decay")}
+CHOICES = {"backbone_lr": ("multiplier", "layer_decay"), "strategy": ("freeze_depth", "lp_ft", "surgical"),
+           "optimizer": ("adamw", "sgd"), "schedule": ("cosine", "linear", "constant"),
+           "augmentation": ("none", "light", "randaugment", "trivialaugment"), "l2sp": ("off", "on")}
+#: Knobs that ``when`` may name besides the sampled ones: fixed by the data, not searched.
+CONTEXT_KEYS = ("backbone", "adapter", "task")
+#: Knobs whose default applies only under another knob's value (None otherwise, so the report shows what applied).
+DEPENDENT_DEFAULTS = {"backbone_lr_mult": ("backbone_lr", "multiplier"), "layer_decay": ("backbone_lr", "layer_decay"),
+                      "lp_fraction": ("strategy", "lp_ft"), "surgical_group": ("strategy", "surgical"),
+                      "momentum": ("optimizer", "sgd"), "l2sp_weight": ("l2sp", "on")}
 TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "params",
             "adapter_params"}
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
@@ -52,6 +73,7 @@ class ParamSpec:
     step: Any = None
     choices: Tuple[Any, ...] = ()
     when: Mapping[str, Tuple[Any, ...]] = field(default_factory=dict)
+    optuna_name: Optional[str] = None  # differs from name for the variants of one knob
 
     def applies(self, sampled: Mapping[str, Any]) -> bool:
         return all(sampled.get(k) in allowed for k, allowed in self.when.items())
@@ -82,6 +104,19 @@ class TrialParams:
     warmup_epochs: int
     label_smoothing: float
     adapter_params: Mapping[str, Any] = field(default_factory=dict)
+    strategy: str = "freeze_depth"
+    lp_fraction: Optional[float] = None
+    surgical_group: Optional[float] = None
+    optimizer: str = "adamw"
+    momentum: Optional[float] = None
+    schedule: str = "cosine"
+    augmentation: str = "none"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    drop_path: float = 0.0
+    grad_clip: float = 0.0
+    l2sp: str = "off"
+    l2sp_weight: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
         flat = asdict(self)
@@ -116,26 +151,29 @@ class Space:
     adapters: Tuple[str, ...]
     adapter_specs: Mapping[str, Tuple[ParamSpec, ...]]
     epochs: int
+    task: str = "multiclass"
 
     def suggest(self, trial: Any) -> TrialParams:
-        """Sample one trial's params; knobs gated by ``when`` are sampled only when they apply."""
+        """Sample one trial's params; knobs gated by ``when`` are sampled only when they apply.
+
+        Of a knob's variants (a list of specs in the file), the first that applies is sampled.
+        A knob that depends on another one (``momentum`` on ``optimizer: sgd``, ...) is None when
+        that other knob rules it out, whatever the file says.
+        """
         backbone = trial.suggest_categorical("backbone", list(self.backbones))
         adapter = trial.suggest_categorical("adapter", list(self.adapters))
-        sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
-        core = {name: None for name in CORE_PARAMS}
-        core.update({name: spec[1] for name, spec in CORE_PARAMS.items()
-                     if name not in ("backbone_lr_mult", "layer_decay")})
+        sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": self.task}
+        core = {name: spec[1] for name, spec in CORE_PARAMS.items()}
         for spec in self.file.params:
-            if spec.applies(sampled):
-                sampled[spec.name] = core[spec.name] = spec.suggest(trial, spec.name)
-        if core["backbone_lr"] == "multiplier" and core["backbone_lr_mult"] is None:
-            core["backbone_lr_mult"] = CORE_PARAMS["backbone_lr_mult"][1]
-        if core["backbone_lr"] == "layer_decay" and core["layer_decay"] is None:
-            core["layer_decay"] = CORE_PARAMS["layer_decay"][1]
+            if spec.name not in sampled and spec.applies(sampled):
+                sampled[spec.name] = core[spec.name] = spec.suggest(trial, spec.optuna_name or spec.name)
+        for name, (parent, value) in DEPENDENT_DEFAULTS.items():
+            if core[parent] != value:
+                core[name] = None
         adapter_values: Dict[str, Any] = {}
         for spec in self.adapter_specs.get(adapter, ()):
-            if spec.applies({**sampled, **adapter_values}):
-                adapter_values[spec.name] = spec.suggest(trial, f"{adapter}.{spec.name}")
+            if spec.name not in adapter_values and spec.applies({**sampled, **adapter_values}):
+                adapter_values[spec.name] = spec.suggest(trial, f"{adapter}.{spec.optuna_name or spec.name}")
         return TrialParams(backbone=backbone, adapter=adapter, adapter_params=adapter_values,
                            **{k: (CORE_PARAMS[k][0](v) if v is not None else None) for k, v in core.items()})
 
@@ -271,8 +309,9 @@ def load_space_file(name_or_path: str) -> SpaceFile:
             raise _fail(shown, f"params.{name}", "unknown knob",
                         f"known knobs: {', '.join(CORE_PARAMS)} (adapter knobs go under adapter_params)")
         typ, _default, lo, hi = CORE_PARAMS[name]
-        params.append(parse_param(shown, name, spec, typ, lo, hi, CHOICES.get(name)))
-    _check_when(shown, "params", params, defined={"backbone", "adapter"})
+        params += parse_variants(shown, name, spec, lambda n, raw: parse_param(shown, n, raw, typ, lo, hi,
+                                                                                CHOICES.get(n)))
+    _check_when(shown, "params", params, defined=set(CONTEXT_KEYS))
     adapter_params = raw.get("adapter_params") or {}
     if not isinstance(adapter_params, Mapping) or not all(isinstance(v, Mapping) for v in adapter_params.values()):
         raise _fail(shown, "adapter_params", "expected {adapter: {knob: spec}}", "see docs/user-guide.md")
@@ -287,12 +326,33 @@ def load_space_file(name_or_path: str) -> SpaceFile:
     )
 
 
+def parse_variants(path: str, name: str, raw: Any, parse: Any) -> List[ParamSpec]:
+    """One knob's spec, or a list of ``when``-gated variants of it (e.g. ``head_lr`` per optimizer).
+
+    Each variant of a listed knob is its own Optuna parameter (``head_lr@optimizer=sgd``), so a
+    sampler never mixes two ranges under one name.
+    """
+    if not isinstance(raw, list):
+        return [parse(name, raw)]
+    if not raw:
+        raise _fail(path, f"params.{name}", "an empty list of variants", "give one spec, or a list of specs with when")
+    specs = []
+    for i, item in enumerate(raw):
+        spec = parse(name, item)
+        if not spec.when and i < len(raw) - 1:
+            raise _fail(path, f"params.{name}[{i}]", "a variant without when hides the ones after it",
+                        "give every variant but the last a when clause")
+        label = ",".join(f"{k}={'|'.join(map(str, v))}" for k, v in spec.when.items()) or "otherwise"
+        specs.append(ParamSpec(**{**spec.__dict__, "optuna_name": f"{name}@{label}"}))
+    return specs
+
+
 def _check_when(path: str, section: str, specs: Sequence[ParamSpec], defined: set) -> None:
     """A ``when`` clause may only name knobs sampled before it; anything else would never hold."""
     defined = set(defined)
     for p in specs:
         for dep in p.when:
-            if dep not in defined:
+            if dep not in defined and dep != p.name:
                 raise _fail(path, f"{section}.{p.name}.when.{dep}", "depends on a knob not defined above it",
                             "define that knob earlier in the file or drop the when clause")
         defined.add(p.name)
@@ -308,9 +368,10 @@ def _adapter_specs(file: SpaceFile, adapter: Any) -> Tuple[ParamSpec, ...]:
                     f"adapter {adapter.name!r} takes {sorted(fragment) or 'no knobs'}")
     fragment.update(overrides)
     label = f"{file.path} (adapter {adapter.name})"
-    specs = tuple(parse_param(label, name, spec, _infer_type(spec)) for name, spec in fragment.items())
+    specs = tuple(v for name, spec in fragment.items()
+                  for v in parse_variants(label, name, spec, lambda n, raw: parse_param(label, n, raw, _infer_type(raw))))
     _check_when(label, f"adapter_params.{adapter.name}", specs,
-                defined={"backbone", "adapter", *(p.name for p in file.params)})
+                defined={*CONTEXT_KEYS, *(p.name for p in file.params)})
     return specs
 
 
@@ -323,7 +384,7 @@ def _infer_type(spec: Any) -> type:
 
 
 def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[str]] = None,
-                  epochs: Optional[int] = None) -> Space:
+                  epochs: Optional[int] = None, task: str = "multiclass") -> Space:
     """Tie a space file to the registries: expand backbone globs, check adapters and their knobs.
 
     Args:
@@ -364,4 +425,4 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     if max_epochs < 1:
         raise SpaceError(f"--epochs must be at least 1, got {max_epochs}", "pass --epochs 1 or more")
     return Space(file=file, backbones=tuple(names), adapters=tuple(usable), adapter_specs=adapter_specs,
-                 epochs=max_epochs)
+                 epochs=max_epochs, task=task)

@@ -24,10 +24,10 @@ from .data import Dataset
 from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError
 from .progress import Progress
 from .space import Space, TrialParams
+from .tasks import Task, direction
 from .types import TrialRecord
 
 JOURNAL_NAME = "study.journal"
-DIRECTION = "maximize"  # every supported metric is higher-is-better
 
 
 def make_storage(url: Optional[str], out_dir: Path) -> Any:
@@ -75,25 +75,33 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
                                           max_resource=space.epochs, reduction_factor=cfg.get("reduction_factor", 3))
 
 
-def open_study(config: RunConfig, name: str, storage: Any, space: Space) -> optuna.Study:
-    """Create the study, or load it to add trials; a resumed study must keep its metric."""
+def resolve_metric(config: RunConfig, name: str, storage: Any, task: str) -> str:
+    """``--metric``, else a resumed study's own metric, else the task's default; it must fit the task
+    and, on resume, the study."""
+    from .config import TASK_METRICS
+
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get("metric") if name in existing else None
+    metric = config.metric or stored or TASK_METRICS[task][0]
+    if metric not in TASK_METRICS[task]:
+        raise ConfigError(f"metric {metric!r} does not apply to this {task} data",
+                          f"use one of {', '.join(TASK_METRICS[task])}")
+    if stored and metric != stored:
+        raise ConfigError(f"study {name!r} optimises {stored}, not {metric}", f"pass --metric {stored} or start a new study")
+    return metric
+
+
+def open_study(name: str, storage: Any, space: Space, metric: str, seed: int) -> optuna.Study:
+    """Create the study (its direction follows the metric), or load it to add trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     resumed = name in existing
-    if resumed:
-        probe = optuna.load_study(study_name=name, storage=storage)
-        metric = probe.user_attrs.get("metric")
-        if metric and metric != config.metric:
-            raise ConfigError(f"study {name!r} optimises {metric}, not {config.metric}",
-                              f"pass --metric {metric} or start a new study")
-        offset = len(probe.trials)
-    else:
-        offset = 0
-    study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTION, load_if_exists=True,
-                                sampler=make_sampler(space, config.seed, offset), pruner=make_pruner(space))
+    offset = len(optuna.load_study(study_name=name, storage=storage).trials) if resumed else 0
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction(metric), load_if_exists=True,
+                                sampler=make_sampler(space, seed, offset), pruner=make_pruner(space))
     if not resumed:
         study.set_user_attr("autotl_version", __version__)
-        study.set_user_attr("metric", config.metric)
+        study.set_user_attr("metric", metric)
     return study
 
 
@@ -109,13 +117,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def trial_record(study_name: str, t: optuna.trial.FrozenTrial) -> TrialRecord:
-    """A :class:`TrialRecord` from a stored trial."""
+def trial_record(study_name: str, t: optuna.trial.FrozenTrial, maximize: bool = True) -> TrialRecord:
+    """A :class:`TrialRecord` from a stored trial; a pruned trial's value is its best epoch's."""
     ua = t.user_attrs
     state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
              optuna.trial.TrialState.FAIL: "fail"}.get(t.state, t.state.name.lower())
     curve = list(ua.get("curve") or [t.intermediate_values[k] for k in sorted(t.intermediate_values)])
-    value = t.value if t.state == optuna.trial.TrialState.COMPLETE else (max(curve) if curve else None)
+    value = t.value if t.state == optuna.trial.TrialState.COMPLETE else (
+        (max(curve) if maximize else min(curve)) if curve else None)
     return TrialRecord(study=study_name, number=t.number, state=state, value=value,
                        params=dict(ua.get("params", t.params)), backbone=ua.get("backbone", t.params.get("backbone")),
                        adapter=ua.get("adapter", t.params.get("adapter")), curve=curve,
@@ -130,6 +139,8 @@ class TrialRunner:
     config: RunConfig
     space: Space
     dataset: Dataset
+    task: Task
+    metric: str
     plugins: Any
     device: Any
     tensors: Any
@@ -160,19 +171,23 @@ class TrialRunner:
                 raise TrialError(f"skipped: {self.broken[params.backbone]}",
                                  "fix it, or exclude it with --backbones")
             try:
-                model = build_model(source, adapter, len(self.dataset.classes), params.adapter_params)
+                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
             except BuildError as exc:
                 self.broken[params.backbone] = f"{exc.what} (trial {trial.number})"
                 raise
-            train = self.tensors.get(self.dataset.train, model.data_config)
+            train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation)
             val = self.tensors.get(self.dataset.val, model.data_config)
             epochs = self.space.epochs
-            result = fit(model, train, val, params, epochs=epochs, metric=self.config.metric,
-                         device=self.device, seed=self.config.seed + trial.number, reporter=trial,
-                         on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
+            result = fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
+                         labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
+                         reporter=trial, on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
                              trial.number, epoch + 1, epochs, value))
             trial.set_user_attr("curve", _json(result.curve))
-            trial.set_user_attr("val_confusion_matrix", _json(result.val_confusion))
+            trial.set_user_attr("val_details", _json(result.val_details))
+            if result.lp_epochs:
+                trial.set_user_attr("lp_epochs", result.lp_epochs)
+            if params.drop_path > 0:
+                trial.set_user_attr("drop_path_blocks", result.drop_path_slots)
             trial.set_user_attr("train_loss", _json(result.train_loss))
             trial.set_user_attr("epochs_run", result.epochs_run)
             trial.set_user_attr("best_epoch", result.best_epoch + 1)
@@ -180,7 +195,7 @@ class TrialRunner:
                 raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
             value = float(result.best_value)
             if not math.isfinite(value):
-                raise AutotlError(f"the validation {self.config.metric} is {value}", "check the validation data")
+                raise AutotlError(f"the validation {self.metric} is {value}", "check the validation data")
             try:
                 self.on_best(trial.number, value, params, model, result.state_dict)
             except Exception as exc:  # a finished trial is never failed by its export
@@ -204,10 +219,12 @@ class TrialRunner:
 
 
 def best_other_value(study: optuna.Study, number: int) -> Optional[float]:
-    """The best complete value among the study's other trials, or None."""
+    """The best complete value among the study's other trials (in the study's direction), or None."""
     values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
               if t.number != number and t.value is not None]
-    return max(values) if values else None
+    if not values:
+        return None
+    return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
 
 
 def run_trials(study: optuna.Study, runner: TrialRunner, config: RunConfig,
@@ -215,7 +232,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, config: RunConfig,
     """``study.optimize`` with autotl's callbacks; failed trials are caught and the search goes on."""
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        on_trial(trial_record(study.study_name, frozen))
+        on_trial(trial_record(study.study_name, frozen, study.direction == optuna.study.StudyDirection.MAXIMIZE))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -224,5 +241,6 @@ def run_trials(study: optuna.Study, runner: TrialRunner, config: RunConfig,
 
 
 def records(study: optuna.Study) -> List[TrialRecord]:
-    return [trial_record(study.study_name, t) for t in study.get_trials(deepcopy=False)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return [trial_record(study.study_name, t, maximize) for t in study.get_trials(deepcopy=False)
             if t.state != optuna.trial.TrialState.RUNNING and t.state != optuna.trial.TrialState.WAITING]

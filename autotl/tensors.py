@@ -16,15 +16,56 @@ import torch
 from .types import DATA_CONFIG_KEYS
 
 
+#: Augmentation levels and what they add to timm's training transform (random-resized crop + flip).
+AUGMENTATIONS = {
+    "light": None,
+    "randaugment": "rand-m9-mstd0.5-inc1",  # timm's RandAugment, 2 ops at magnitude 9 +- noise
+    "trivialaugment": "rand-n1-m10-mstd101",  # one op at a uniformly drawn magnitude: TrivialAugment in timm's terms
+}
+
+
 @dataclass(frozen=True)
 class TensorSet:
-    """Preprocessed images ``x`` (N, C, H, W) and integer labels ``y`` (N,)."""
+    """Preprocessed images ``x`` (N, C, H, W) and their targets ``y`` (in the task's tensor form)."""
 
     x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def epoch_x(self) -> torch.Tensor:
+        """The images to train on this epoch: always the same ones."""
+        return self.x
+
+
+@dataclass(frozen=True)
+class AugmentedSet:
+    """Training images drawn anew every epoch through a random transform."""
+
+    images: Tuple[Any, ...]
+    y: torch.Tensor
+    transform: Any
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def epoch_x(self) -> torch.Tensor:
+        """This epoch's augmented images (seeded by the trial through ``random`` and ``torch``)."""
+        return torch.stack([self.transform(img) for img in self.images]).contiguous()
+
+
+def train_transform(data_config: Mapping[str, Any], augmentation: str):
+    """timm's training transform for an augmentation level: crop (scale 0.6-1) and flip, plus
+    RandAugment or TrivialAugment; None for ``none``."""
+    from timm.data import create_transform
+
+    if augmentation == "none":
+        return None
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()
+           if k in ("input_size", "mean", "std", "interpolation")}
+    return create_transform(**cfg, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=None,
+                            auto_augment=AUGMENTATIONS[augmentation])
 
 
 def eval_transform(data_config: Mapping[str, Any]):
@@ -35,20 +76,30 @@ def eval_transform(data_config: Mapping[str, Any]):
     return create_transform(**cfg, is_training=False)
 
 
-def to_tensors(images: Sequence[Any], labels: np.ndarray, data_config: Mapping[str, Any]) -> TensorSet:
+def to_tensors(images: Sequence[Any], labels: np.ndarray, data_config: Mapping[str, Any], task: Any = None) -> TensorSet:
+    """Images through the evaluation transform; labels through the task (default: class indices)."""
     transform = eval_transform(data_config)
     x = torch.stack([transform(img) for img in images]) if len(images) else torch.zeros(0, *data_config["input_size"])
-    return TensorSet(x=x.contiguous(), y=torch.as_tensor(labels, dtype=torch.long))
+    y = task.targets(labels) if task is not None else torch.as_tensor(labels, dtype=torch.long)
+    return TensorSet(x=x.contiguous(), y=y)
 
 
 class TensorCache:
     """Remembers preprocessed splits per data config for the life of a search."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: Any = None) -> None:
+        self.task = task
         self._cache: Dict[Tuple[int, str], TensorSet] = {}
 
     def get(self, image_set: Any, data_config: Mapping[str, Any]) -> TensorSet:
         key = (id(image_set), json.dumps(data_config, sort_keys=True, default=str))
         if key not in self._cache:
-            self._cache[key] = to_tensors(image_set.images, image_set.labels, data_config)
+            self._cache[key] = to_tensors(image_set.images, image_set.labels, data_config, self.task)
         return self._cache[key]
+
+    def train(self, image_set: Any, data_config: Mapping[str, Any], augmentation: str) -> Any:
+        """The training split: cached tensors, or an :class:`AugmentedSet` when the trial augments."""
+        plain = self.get(image_set, data_config)
+        transform = train_transform(data_config, augmentation)
+        return plain if transform is None else AugmentedSet(images=tuple(image_set.images), y=plain.y,
+                                                            transform=transform)

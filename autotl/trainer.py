@@ -1,12 +1,16 @@
 """The fine-tuning loop: one trial's training, evaluated and reported every epoch.
 
-AdamW (timm) with a cosine schedule and warmup (timm), cross-entropy with optional label
-smoothing, bf16 autocast and ``channels_last`` on CUDA. After each epoch the validation metric
-goes to the reporter (an Optuna trial), which may ask to stop: the fit then ends early.
+The recipe comes from the trial's params: the freeze strategy (freeze depth, LP-FT or surgical),
+AdamW or SGD (timm) over head/backbone learning-rate groups, a cosine, linear or constant
+schedule with warmup (timm), label smoothing, augmentation, mixup/cutmix (timm ``Mixup``),
+drop-path, gradient clipping (timm) and L2-SP. The loss and the metrics come from the task.
+bf16 autocast and ``channels_last`` on CUDA. After each epoch the validation metric goes to the
+reporter (an Optuna trial), which may ask to stop: the fit then ends early.
 """
 from __future__ import annotations
 
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
@@ -15,28 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import METRICS
 from .errors import TrialError, UsageError
-from .freeze import apply_freeze_depth, frozen_norm_layers, optimizer_param_groups, set_train_mode
+from .freeze import frozen_norm_layers, optimizer_param_groups, set_train_mode, set_trainable, trainable_groups
 from .model import AdaptedModel
+from .regularize import L2SP, set_drop_path
+from .tasks import Task, better
 from .tensors import TensorSet
-
-
-def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """A classification metric from scikit-learn."""
-    from sklearn import metrics as skm
-
-    if metric == "accuracy":
-        return float(skm.accuracy_score(y_true, y_pred))
-    if metric == "balanced_accuracy":
-        return float(skm.balanced_accuracy_score(y_true, y_pred))
-    if metric == "macro_f1":
-        return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
-    raise UsageError(f"unknown metric {metric!r}", f"use one of {', '.join(METRICS)}")
-
-
-def all_scores(y_true: np.ndarray, y_pred: np.ndarray) -> Dict[str, float]:
-    return {m: score(m, y_true, y_pred) for m in METRICS}
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -60,19 +48,22 @@ def resolve_device(spec: str) -> torch.device:
     raise UsageError(f"--device {spec!r} is not a device", "use auto, cpu, cuda or cuda:i")
 
 
+
 @dataclass
 class FitResult:
     """One fit: the validation curve, the best epoch's weights, and what it cost."""
 
     curve: List[float] = field(default_factory=list)
-    best_value: float = float("-inf")
+    best_value: Optional[float] = None
     best_epoch: int = -1
     epochs_run: int = 0
     seconds: float = 0.0
     pruned: bool = False
     state_dict: Optional[Dict[str, torch.Tensor]] = None
     train_loss: List[float] = field(default_factory=list)
-    val_confusion: Optional[List[List[int]]] = None  # at the best epoch; rows are true classes
+    val_details: Optional[Dict[str, Any]] = None  # at the best epoch: the task's report extras (confusion matrix, ...)
+    lp_epochs: int = 0  # epochs of LP-FT's linear-probe phase
+    drop_path_slots: int = 0  # residual blocks drop-path reached
 
 
 def _autocast(device: torch.device):
@@ -83,8 +74,10 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict_proba(module: nn.Module, data: TensorSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities for every row of ``data``."""
+def predict_outputs(module: nn.Module, data: TensorSet, device: torch.device, task: Optional[Task] = None,
+                    batch_size: int = 256) -> np.ndarray:
+    """The task's outputs for every row of ``data``: class probabilities, label probabilities or values."""
+    task = task or Task()
     module.eval()
     outs = []
     for start in range(0, len(data), batch_size):
@@ -93,8 +86,13 @@ def predict_proba(module: nn.Module, data: TensorSet, device: torch.device, batc
             x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device)[0]:
             logits = module(x)
-        outs.append(torch.softmax(logits.float(), dim=1).cpu())
+        outs.append(task.outputs(logits).cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_proba(module: nn.Module, data: TensorSet, device: torch.device, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for every row of ``data`` (a multiclass model)."""
+    return predict_outputs(module, data, device, Task(), batch_size)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> List[torch.Tensor]:
@@ -106,10 +104,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> List[torch.
 
 
 def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_epoch: int):
-    """timm's AdamW over autotl's parameter groups, and timm's cosine schedule with warmup, stepped per update.
+    """timm's AdamW or SGD over autotl's parameter groups, and timm's schedule with warmup, stepped per update.
 
     Every group's learning rate is ``head_lr * lr_scale`` times the schedule's factor; timm's
-    scheduler applies ``lr_scale``.
+    scheduler applies ``lr_scale``. Only parameters that train at the time of the call join.
     """
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -117,81 +115,143 @@ def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_e
     groups = optimizer_param_groups(model, weight_decay=params.weight_decay, backbone_lr=params.backbone_lr,
                                     backbone_lr_mult=1.0 if params.backbone_lr_mult is None else params.backbone_lr_mult,
                                     layer_decay=1.0 if params.layer_decay is None else params.layer_decay)
-    optimizer = create_optimizer_v2(groups, opt="adamw", lr=params.head_lr, weight_decay=params.weight_decay)
+    extra = {"momentum": 0.9 if params.momentum is None else params.momentum} if params.optimizer == "sgd" else {}
+    optimizer = create_optimizer_v2(groups, opt=params.optimizer, lr=params.head_lr, weight_decay=params.weight_decay,
+                                    **extra)
     warmup = int(min(params.warmup_epochs, max(0, epochs - 1)))
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=warmup,
+    sched = {"cosine": "cosine", "linear": "poly", "constant": "constant"}[params.schedule]
+    scheduler, _ = create_scheduler_v2(optimizer, sched=sched, num_epochs=epochs, warmup_epochs=warmup,
                                        warmup_lr=params.head_lr * 0.01, min_lr=params.head_lr * 1e-3,
+                                       decay_rate=1.0 if sched == "poly" else 0.1,
                                        step_on_epochs=False, updates_per_epoch=steps_per_epoch)
     scheduler.step_update(num_updates=0)  # apply every group's lr_scale before the first step, warmup or not
     return optimizer, scheduler
 
 
-def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, epochs: int, metric: str,
+def lp_epochs(params: Any, epochs: int) -> int:
+    """Epochs of LP-FT's linear-probe phase: the fraction of the budget, at least 1, leaving 1 to fine-tune."""
+    if params.strategy != "lp_ft" or epochs < 2:
+        return 0
+    fraction = 0.25 if params.lp_fraction is None else params.lp_fraction
+    return int(min(epochs - 1, max(1, round(fraction * epochs))))
+
+
+def _phase_groups(model: AdaptedModel, params: Any, phase: str):
+    return trainable_groups(len(model.groups), strategy=params.strategy, freeze_depth=params.freeze_depth,
+                            surgical_group=params.surgical_group, phase=phase)
+
+
+def _mixup(params: Any, task: Task, num_classes: int):
+    """timm's Mixup/CutMix for this trial, or None (off, or a task whose targets do not mix)."""
+    if not task.mixable or (params.mixup_alpha <= 0 and params.cutmix_alpha <= 0):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=params.mixup_alpha, cutmix_alpha=params.cutmix_alpha, prob=1.0, switch_prob=0.5,
+                 mode="batch", label_smoothing=params.label_smoothing, num_classes=num_classes)
+
+
+def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
-        on_epoch: Optional[Callable[[int, float, float], None]] = None) -> FitResult:
+        on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
+        labels: Optional[List[str]] = None) -> FitResult:
     """Fine-tune ``model`` for up to ``epochs`` epochs; keep the best validation epoch's weights.
 
     Args:
-        params: a :class:`autotl.space.TrialParams` (freeze depth, learning rates, ...).
+        train: a :class:`TensorSet`, or an :class:`autotl.tensors.AugmentedSet` that draws new
+            augmented images every epoch.
+        params: a :class:`autotl.space.TrialParams` (strategy, learning rates, recipe knobs).
         reporter: an Optuna trial (``report(value, step)``, ``should_prune()``) or None.
         on_epoch: called as ``on_epoch(epoch, val_metric, train_loss)`` after each epoch.
+        task: the target task (default: multiclass); ``labels`` names its outputs for reports.
 
     Raises:
         TrialError: the loss became NaN or infinite.
     """
+    task = task or Task()
     torch.manual_seed(seed)
+    random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
     module = model.module
-    apply_freeze_depth(model, params.freeze_depth)
-    frozen_norms = frozen_norm_layers(module)
+    result = FitResult()
+    result.drop_path_slots = set_drop_path(module, params.drop_path) if params.drop_path > 0 else 0
+    set_trainable(model, _phase_groups(model, params, "ft"))  # the optimizer holds every parameter that will train
     module.to(device)
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
-
     steps = len(_batches(len(train), params.batch_size, torch.Generator().manual_seed(0)))
     optimizer, scheduler = make_optimizer(model, params, epochs=epochs, steps_per_epoch=steps)
-    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    l2sp = None
+    if params.l2sp == "on" and (params.l2sp_weight or 0) > 0:
+        l2sp = L2SP(module, [n for n, p in module.named_parameters() if p.requires_grad and n not in model.head],
+                    params.l2sp_weight)
+    result.lp_epochs = lp_epochs(params, epochs)
+    if result.lp_epochs:
+        set_trainable(model, _phase_groups(model, params, "lp"))
+    frozen_norms = frozen_norm_layers(module)
+    mixup = _mixup(params, task, model.num_outputs)
+    if mixup is not None:
+        from timm.loss import SoftTargetCrossEntropy
+
+        criterion: nn.Module = SoftTargetCrossEntropy()  # Mixup applies the label smoothing
+    else:
+        criterion = task.loss(params.label_smoothing if task.mixable or task.name == "multilabel" else 0.0)
     autocast, amp_dtype = _autocast(device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
 
-    x_train, y_train = train.x.to(device), train.y.to(device)
-    result = FitResult()
+    y_train = train.y.to(device)
     start = time.perf_counter()
     update = 0
     for epoch in range(epochs):
+        if result.lp_epochs and epoch == result.lp_epochs:  # LP-FT: the probe is done, fine-tune from here
+            set_trainable(model, _phase_groups(model, params, "ft"))
+            frozen_norms = frozen_norm_layers(module)
         set_train_mode(module, frozen_norms)
+        x_train = train.epoch_x().to(device)
         losses = []
         for idx in _batches(len(train), params.batch_size, generator):
             idx = idx.to(device)
             x, y = x_train[idx], y_train[idx]
+            if mixup is not None:
+                if len(x) % 2:  # timm's Mixup pairs images within the batch
+                    x, y = x[:-1], y[:-1]
+                x, y = mixup(x, y)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 loss = criterion(module(x), y)
+            if l2sp is not None:
+                loss = loss + l2sp.penalty(module)
             if not torch.isfinite(loss):
                 raise TrialError(f"the training loss became {loss.item()} at epoch {epoch + 1}",
                                  "lower head_lr or narrow its range in the search space")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if params.grad_clip > 0:
+                from timm.utils import dispatch_clip_grad
+
+                dispatch_clip_grad([p for p in module.parameters() if p.grad is not None], params.grad_clip)
+            if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
             else:
-                loss.backward()
                 optimizer.step()
             update += 1
             scheduler.step_update(num_updates=update)
             losses.append(float(loss.detach()))
-        probs = predict_proba(module, val, device)
-        pred = probs.argmax(1)
-        value = score(metric, val.y.numpy(), pred)
+        out = predict_outputs(module, val, device, task)
+        value = task.score(metric, val.y.numpy(), out)
         result.curve.append(value)
         result.train_loss.append(float(np.mean(losses)) if losses else math.nan)
         result.epochs_run = epoch + 1
-        if value > result.best_value:
+        if result.best_value is None or better(metric, value, result.best_value):
             result.best_value, result.best_epoch = value, epoch
             result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-            result.val_confusion = confusion(val.y.numpy(), pred, probs.shape[1])
+            result.val_details = task.details(val.y.numpy(), out, labels or [str(i) for i in range(model.num_outputs)])
         if on_epoch is not None:
             on_epoch(epoch, value, result.train_loss[-1])
         if reporter is not None:
@@ -203,19 +263,16 @@ def fit(model: AdaptedModel, train: TensorSet, val: TensorSet, params: Any, *, e
     return result
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> List[List[int]]:
-    """The confusion matrix as JSON-able lists: rows are true classes, columns predictions."""
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(y_true, y_pred, labels=list(range(num_classes))).tolist()
-
-
-def evaluate(module: nn.Module, data: TensorSet, device: torch.device) -> Dict[str, Any]:
-    """All metrics and the confusion matrix of ``module`` on ``data``."""
+def evaluate(module: nn.Module, data: TensorSet, device: torch.device, task: Optional[Task] = None,
+             labels: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Every metric of the task on ``data``, and its report extras under ``details``."""
+    task = task or Task()
     module.to(device)
-    probs = predict_proba(module, data, device)
-    pred = probs.argmax(1)
+    out = predict_outputs(module, data, device, task)
     y = data.y.numpy()
-    out: Dict[str, Any] = all_scores(y, pred)
-    out["confusion_matrix"] = confusion(y, pred, probs.shape[1])
-    return out
+    scores: Dict[str, Any] = task.scores(y, out)
+    details = task.details(y, out, labels or [str(i) for i in range(out.shape[1] if out.ndim == 2 else 1)])
+    scores["details"] = details
+    if details.get("kind") == "confusion":
+        scores["confusion_matrix"] = details["matrix"]
+    return scores

@@ -101,9 +101,12 @@ def test_bad_folders(tmp_path, case, pattern):
 
 
 @pytest.mark.parametrize("content, pattern", [
-    ("file,class\na.png,cat\n", r"lacks the column\(s\) label, path"),
-    ("", r"lacks the column\(s\) label, path \(found: none\)"),
-    ("path,label\nA,cat\nB,\n", r"line 3: missing label for 'B'"),
+    ("file,class\na.png,cat\n", r"lacks the column\(s\) path, label"),
+    ("", r"lacks the column\(s\) path, label \(found: none\)"),
+    ("path,label\nA,cat\nB,\n", r"line 3 \('B'\): missing label"),
+    ("path,target\nA,1.5\nB,\n", r"line 3 \('B'\): missing target"),
+    ("path,target\nA,1.5\nB,tall\n", r"line 3 \('B'\): target 'tall' is not a finite number"),
+    ("path,target\nA,1.5\nB,inf\n", r"line 3 \('B'\): target 'inf' is not a finite number"),
     ("path,label,split\nA,cat,holdout\n", r"line 2: unknown split 'holdout'"),
     ("path,label,split\nA,cat,val\n", r"has no training rows"),
 ])

@@ -130,7 +130,7 @@ def test_header_best_and_failures_match_the_storage(study_run):
     best = facts["best"]
     assert best["trial"] == study.best_trial.number and best["val"]["accuracy"] == study.best_value
     assert best["test"] == {k: v for k, v in study.user_attrs["test_scores"][str(best["trial"])].items()
-                            if k != "confusion_matrix"}
+                            if k not in ("confusion_matrix", "details")}
     cm = best["confusion_matrix"]
     assert cm["split"] == "test" and cm["labels"] == ["5", "6", "7", "8", "9"]
     assert sum(map(sum, cm["matrix"])) == 746

@@ -119,7 +119,7 @@ def test_bad_space_files(tmp_path, plugins, body, pattern):
 @pytest.mark.parametrize("body, pattern", [
     ("backbones: ['acme/*']\n", r"space.yaml: backbones: no source model matches 'acme/\*'"),
     ("backbones: ['timm/test_resnt']\n", r"did you mean 'timm/test_resnet'"),
-    ("adapters: [lora]\n", r"space.yaml: adapters: unknown target adapter 'lora'"),
+    ("adapters: [lorra]\n", r"space.yaml: adapters: unknown target adapter 'lorra'"),
     ("adapter_params: {linear: {rank: 4}}\n", r"adapter_params.linear.rank: unknown knob"),
     ("backbones: {include: ['timm/test_vit'], exclude: ['timm/*']}\n", r"every matching source model is excluded"),
 ])

@@ -93,22 +93,29 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
     top = rows[0]
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == top["trial"])
     test = study.user_attrs.get(TEST_ATTR, {}).get(str(trial.number))
-    if test and test.get("confusion_matrix") is not None:
-        matrix, split = test["confusion_matrix"], "test"
+    if test and test.get("details"):
+        details = {"split": "test", **test["details"]}
+    elif test and test.get("confusion_matrix") is not None:
+        details = {"split": "test", "kind": "confusion", "labels": classes, "matrix": test["confusion_matrix"]}
+    elif trial.user_attrs.get("val_details"):
+        details = {"split": "val", **trial.user_attrs["val_details"]}
     else:
-        matrix, split = trial.user_attrs.get("val_confusion_matrix"), "val"
+        details = None
+    matrix = details.get("matrix") if details and details.get("kind") == "confusion" else None
     model_dir = None
     if run_dir is not None and best_model_trial(run_dir) == trial.number:
         model_dir = str((run_dir / BEST_DIR).resolve())
     return {"trial": trial.number, "backbone": top["backbone"], "adapter": top["adapter"], "params": top["params"],
             "val": {study.user_attrs.get("metric", "value"): top["value"]},
             "best_epoch": trial.user_attrs.get("best_epoch"), "epochs_run": top["epochs_run"],
-            "test": {k: v for k, v in test.items() if k != "confusion_matrix"} if test else None,
-            "confusion_matrix": {"split": split, "labels": classes, "matrix": matrix} if matrix else None,
+            "test": {k: v for k, v in test.items() if k not in ("confusion_matrix", "details")} if test else None,
+            "details": details,
+            "confusion_matrix": {"split": details["split"], "labels": details.get("labels") or classes,
+                                 "matrix": matrix} if matrix else None,
             "model_dir": model_dir}
 
 
-def _by_backbone(records: List[TrialRecord]) -> Dict[str, Any]:
+def _by_backbone(records: List[TrialRecord], maximize: bool = True) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for r in records:
         entry = out.setdefault(r.backbone or "?", {"trials": 0, "complete": 0, "pruned": 0, "fail": 0, "values": []})
@@ -119,9 +126,10 @@ def _by_backbone(records: List[TrialRecord]) -> Dict[str, Any]:
             entry["values"].append(r.value)
     for entry in out.values():
         vals = entry["values"]
-        entry.update(best=max(vals) if vals else None, median=statistics.median(vals) if vals else None,
-                     mean=statistics.fmean(vals) if vals else None)
-    return dict(sorted(out.items(), key=lambda kv: -(kv[1]["best"] if kv[1]["best"] is not None else -1e300)))
+        entry.update(best=(max(vals) if maximize else min(vals)) if vals else None,
+                     median=statistics.median(vals) if vals else None, mean=statistics.fmean(vals) if vals else None)
+    sign = 1 if maximize else -1
+    return dict(sorted(out.items(), key=lambda kv: (kv[1]["best"] is None, -sign * (kv[1]["best"] or 0.0))))
 
 
 def _cost(study: optuna.Study, records: List[TrialRecord], best_trial: Optional[int]) -> Dict[str, Any]:
@@ -161,7 +169,7 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
         run_dir = Path(attrs["run_dir"])
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     all_trials = study.get_trials(deepcopy=False)
-    records = [trial_record(study.study_name, t) for t in all_trials]
+    records = [trial_record(study.study_name, t, maximize) for t in all_trials]
     finished = [r for r in records if r.state in ("complete", "pruned", "fail")]
     rows = leaderboard_rows(finished, maximize)
     dataset = attrs.get("dataset") or {}
@@ -186,7 +194,7 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
                                    "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
                    for t, r in zip(all_trials, records) if t.intermediate_values},
         "importance": _importances(study, counts["complete"]),
-        "by_backbone": _by_backbone(finished),
+        "by_backbone": _by_backbone(finished, maximize),
         "freeze_depth": [{"trial": r.number, "backbone": r.backbone, "freeze_depth": r.params.get("freeze_depth"),
                           "value": r.value, "state": r.state}
                          for r in finished if r.state in ("complete", "pruned") and r.value is not None],

@@ -28,6 +28,8 @@ PLOTS: Dict[str, Tuple[str, str]] = {
     "best_over_time": ("Best value over time", "The best completed value against wall-clock time since the study "
                        "started."),
     "confusion_matrix": ("Confusion matrix", "The best trial's predictions; rows are true classes."),
+    "predictions": ("Predicted against true", "The best trial's predictions for each image; the diagonal is "
+                    "perfect."),
 }
 
 SIZE = (7.5, 4.2)
@@ -189,6 +191,20 @@ def confusion_matrix(facts: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def predictions(facts: Mapping[str, Any]) -> bytes:
+    details = (facts.get("best") or {}).get("details") or {}
+    if details.get("kind") != "scatter" or not details.get("points"):
+        raise ValueError("the best trial has no regression predictions")
+    y, p = zip(*details["points"])
+    fig, ax = _figure()
+    lo, hi = min(min(y), min(p)), max(max(y), max(p))
+    ax.plot([lo, hi], [lo, hi], color="tab:gray", linewidth=1)
+    ax.scatter(y, p, s=14, alpha=0.6)
+    ax.set_xlabel(f"true {details.get('target', 'target')} ({details.get('split', '')} split)")
+    ax.set_ylabel("predicted")
+    return _png(fig)
+
+
 def draw_all(study: optuna.Study, facts: Mapping[str, Any]) -> Tuple[Dict[str, bytes], Dict[str, str]]:
     """Every figure that can be drawn for this study, and why each other one was left out."""
     import matplotlib
@@ -208,6 +224,7 @@ def draw_all(study: optuna.Study, facts: Mapping[str, Any]) -> Tuple[Dict[str, b
         "timeline": lambda: _optuna_plot(lambda: ovm.plot_timeline(study)),
         "best_over_time": lambda: best_over_time(study),
         "confusion_matrix": lambda: confusion_matrix(facts),
+        "predictions": lambda: predictions(facts),
     }
     needs_complete = {"optimization_history", "best_over_time"}
     images: Dict[str, bytes] = {}
@@ -220,6 +237,10 @@ def draw_all(study: optuna.Study, facts: Mapping[str, Any]) -> Tuple[Dict[str, b
             if name == "importance" and not facts["importance"].get("fANOVA", {}).get("values"):
                 skipped[name] = facts["importance"].get("fANOVA", {}).get("error", "not available")
                 continue
+            kind = ((facts.get("best") or {}).get("details") or {}).get("kind")
+            if name in ("confusion_matrix", "predictions") and kind != {"confusion_matrix": "confusion",
+                                                                        "predictions": "scatter"}[name]:
+                continue  # not this task's figure: nothing to explain
             if name == "learning_curves" and not facts["curves"]:
                 skipped[name] = "no trial reported an epoch yet"
                 continue

@@ -106,6 +106,13 @@ def _best(facts: Mapping[str, Any]) -> Section:
         rows.append(["test", "no test split (or not scored yet)"])
     rows.append(["model", best["model_dir"] or "not on this machine (see the run folder's best/)"])
     blocks: List[Tuple[str, Any]] = [("table", Table(["", ""], rows, id="best"))]
+    details = best.get("details") or {}
+    if details.get("kind") == "per_label":
+        blocks.append(("table", Table(["label", "support", f"F1 at {details.get('threshold', 0.5)}", "AP"],
+                                      [[r["label"], r["support"], fmt_value(r["f1"]), fmt_value(r["ap"])]
+                                       for r in details["rows"]], id="per-label")))
+    if details.get("kind") == "scatter":
+        blocks.append(("img", "predictions"))
     cm = best.get("confusion_matrix")
     if cm:
         blocks.append(("img", "confusion_matrix"))
@@ -114,8 +121,9 @@ def _best(facts: Mapping[str, Any]) -> Section:
                                       [[lab, *row] for lab, row in zip(labels, cm["matrix"])], id="confusion")))
     return Section("Best setup", "best",
                    "The winning trial's full recipe, its validation and test scores, and where its model is. "
-                   "`autotl predict` takes the model folder. The confusion matrix is on the test split when there "
-                   "is one, else on val; off-diagonal cells are the classes it confuses.", blocks)
+                   "`autotl predict` takes the model folder. The confusion matrix (multiclass), per-label scores "
+                   "(multilabel) or predictions (regression) are on the test split when there is one, else on val; "
+                   "a confusion matrix's off-diagonal cells are the classes it confuses.", blocks)
 
 
 def _importance(facts: Mapping[str, Any]) -> Section:
