@@ -57,7 +57,7 @@ TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sam
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
 SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar"}, "random": set()}
 PRUNERS = {"hyperband": {"reduction_factor"}, "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
-BUILTIN_SPACES = ("default", "quick")
+BUILTIN_SPACES = ("default", "quick", "full")
 
 
 @dataclass(frozen=True)
@@ -190,12 +190,19 @@ def _number(path: str, key: str, value: Any, typ: type) -> Any:
     return typ(value)
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare on/off as a boolean; the knobs that take them want the words."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 def parse_param(path: str, name: str, raw: Any, typ: type, lo: Any = None, hi: Any = None,
                 choices: Optional[Sequence[Any]] = None) -> ParamSpec:
     """Check one knob's spec against its type and allowed range."""
     key = f"params.{name}"
 
     def check(value: Any) -> Any:
+        if isinstance(value, bool) and choices is not None and "on" in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if choices is not None:
             if value not in choices:
                 raise _fail(path, key, f"{value!r} is not one of {list(choices)}", "pick an allowed value")
@@ -217,7 +224,7 @@ def parse_param(path: str, name: str, raw: Any, typ: type, lo: Any = None, hi: A
     when = raw.get("when") or {}
     if not isinstance(when, Mapping):
         raise _fail(path, f"{key}.when", "expected a mapping such as {backbone_lr: multiplier}", "fix the when clause")
-    when = {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in when.items()}
+    when = {k: tuple(_on_off(x) for x in (v if isinstance(v, (list, tuple)) else (v,))) for k, v in when.items()}
     if "choices" in raw:
         if set(raw) & {"low", "high", "log", "step"}:
             raise _fail(path, key, "has both choices and a range", "use one of them")

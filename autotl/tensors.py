@@ -20,7 +20,7 @@ from .types import DATA_CONFIG_KEYS
 AUGMENTATIONS = {
     "light": None,
     "randaugment": "rand-m9-mstd0.5-inc1",  # timm's RandAugment, 2 ops at magnitude 9 +- noise
-    "trivialaugment": "rand-n1-m10-mstd101",  # one op at a uniformly drawn magnitude: TrivialAugment in timm's terms
+    "trivialaugment": "rand-n1-m9-mstd101-inc1",  # one op at a uniformly drawn magnitude: TrivialAugment
 }
 
 
