@@ -17,10 +17,12 @@ from .types import DATA_CONFIG_KEYS
 
 
 #: Augmentation levels and what they add to timm's training transform (random-resized crop + flip).
+#: Magnitudes are capped at 9 (``mmax9``): at timm's default cap of 10, Posterize asks Pillow for
+#: 0 bits, which Pillow 11 refuses, and the trial would fail.
 AUGMENTATIONS = {
     "light": None,
-    "randaugment": "rand-m9-mstd0.5-inc1",  # timm's RandAugment, 2 ops at magnitude 9 +- noise
-    "trivialaugment": "rand-n1-m9-mstd101-inc1",  # one op at a uniformly drawn magnitude: TrivialAugment
+    "randaugment": "rand-m9-mstd0.5-mmax9-inc1",  # timm's RandAugment: 2 ops at magnitude 9 +- noise
+    "trivialaugment": "rand-n1-m9-mstd101-mmax9-inc1",  # 1 op at a uniformly drawn magnitude: TrivialAugment
 }
 
 

@@ -138,3 +138,99 @@ def test_cli_backbones_override_and_unknown(plugins):
     assert space.backbones == ("timm/test_vit",)
     with pytest.raises(SpaceError, match="--backbones: no source model matches 'nope/\\*'"):
         resolve_space(load_space_file("default"), plugins, backbones=["nope/*"])
+
+
+@pytest.mark.parametrize("space", ["default", "quick", "full"])
+def test_every_builtin_space_samples_valid_trainable_configurations(space, plugins):
+    """A property test: many random trials of each space, each built on a tiny backbone, set up
+    for its strategy, given its optimizer, and taken through one training step."""
+    import optuna
+    import torch
+
+    from autotl.freeze import set_trainable, trainable_groups
+    from autotl.model import build_model
+    from autotl.regularize import set_drop_path
+    from autotl.space import CHOICES, CORE_PARAMS, DEPENDENT_DEFAULTS, load_space_file, resolve_space
+    from autotl.trainer import make_optimizer
+
+    resolved = resolve_space(load_space_file(space), plugins, ["timm/test_vit", "timm/test_resnet"], 4)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(24):
+        trial = study.ask()
+        params = resolved.suggest(trial)
+        for name, (typ, _default, lo, hi) in CORE_PARAMS.items():
+            value = getattr(params, name)
+            parent = DEPENDENT_DEFAULTS.get(name)
+            if parent and getattr(params, parent[0]) != parent[1]:
+                assert value is None, (name, params)  # sampled only when it applies
+                continue
+            assert isinstance(value, typ), (name, value)
+            if name in CHOICES:
+                assert value in CHOICES[name]
+            elif lo is not None:
+                assert lo <= value <= hi, (name, value)
+        seen.add((params.adapter, params.strategy, params.optimizer))
+        adapter = plugins.adapters.get(params.adapter)
+        model = build_model(plugins.sources.get(params.backbone), adapter, 3, params.adapter_params)
+        set_drop_path(model.module, params.drop_path)
+        set_trainable(model, trainable_groups(len(model.groups), strategy=params.strategy,
+                                              freeze_depth=params.freeze_depth, surgical_group=params.surgical_group))
+        optimizer, _ = make_optimizer(model, params, epochs=4, steps_per_epoch=2)
+        loss = model.module(torch.randn(4, *model.data_config["input_size"])).logsumexp(1).mean()
+        loss.backward()
+        optimizer.step()
+        study.tell(trial, float(loss))
+    if space == "full":
+        assert {a for a, _, _ in seen} >= {"linear", "mlp", "bitfit", "cosine"}
+        assert {s for _, s, _ in seen} == {"freeze_depth", "lp_ft", "surgical"}
+        assert {o for _, _, o in seen} == {"adamw", "sgd"}
+
+
+def test_variants_are_separate_optuna_parameters_and_the_task_gates_knobs(plugins):
+    import optuna
+
+    from autotl.space import load_space_file, resolve_space
+
+    for task, smoothing in (("multiclass", True), ("regression", False)):
+        resolved = resolve_space(load_space_file("default"), plugins, ["timm/test_vit"], 2, task=task)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        names = set()
+        for _ in range(20):
+            trial = study.ask()
+            params = resolved.suggest(trial)
+            names |= set(trial.params)
+            lr_name = "head_lr@optimizer=adamw" if params.optimizer == "adamw" else "head_lr@optimizer=sgd"
+            assert trial.params[lr_name] == params.head_lr
+            assert (params.momentum is not None) == (params.optimizer == "sgd")
+            assert (params.l2sp_weight is not None) == (params.l2sp == "on")
+            study.tell(trial, 0.0)
+        assert {"head_lr@optimizer=adamw", "head_lr@optimizer=sgd"} <= names and "head_lr" not in names
+        assert ("label_smoothing" in names) == smoothing
+
+
+@pytest.mark.parametrize("body, pattern", [
+    ("params:\n  head_lr: []\n", r"params.head_lr: an empty list of variants"),
+    ("params:\n  head_lr:\n    - {low: 0.001, high: 0.01}\n    - {low: 0.01, high: 0.1, when: {optimizer: sgd}}\n",
+     r"params.head_lr\[0\]: a variant without when hides the ones after it"),
+    ("params:\n  strategy: {choices: [freeze_depth, distill]}\n", r"'distill' is not one of"),
+    ("params:\n  l2sp: maybe\n", r"params.l2sp: 'maybe' is not one of \['off', 'on'\]"),
+])
+def test_bad_variants_and_choices(tmp_path, body, pattern):
+    from autotl.space import load_space_file
+
+    path = tmp_path / "space.yaml"
+    path.write_text(body)
+    with pytest.raises(SpaceError, match=pattern):
+        load_space_file(str(path))
+
+
+def test_bare_on_off_in_yaml_means_the_words(tmp_path, plugins):
+    import optuna
+
+    from autotl.space import load_space_file, resolve_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  l2sp: on\n  l2sp_weight: {low: 0.001, high: 0.01, log: true, when: {l2sp: on}}\n")
+    params = resolve_space(load_space_file(str(path)), plugins, ["timm/test_vit"], 2).suggest(optuna.create_study().ask())
+    assert params.l2sp == "on" and 0.001 <= params.l2sp_weight <= 0.01
