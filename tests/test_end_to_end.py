@@ -54,13 +54,14 @@ def test_pip_install_from_any_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import autotl, autotl_timm, autotl_heads, autotl_zoo, autotl_datasets\n"
+    code = ("import autotl, autotl_timm, autotl_heads, autotl_peft, autotl_cosine, autotl_zoo, autotl_datasets\n"
+            "import autotl.report\n"
             "from autotl.space import resolve_space_path\n"
             "print(autotl.__file__)\n"
-            "print(resolve_space_path('default').is_file(), resolve_space_path('quick').is_file())")
+            "print(*(resolve_space_path(s).is_file() for s in ('default', 'quick', 'full')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
-    assert out[0].startswith(str(target)) and out[1] == "True True"
+    assert out[0].startswith(str(target)) and out[1] == "True True True"
     assert not (target / "plugins").exists()  # no top-level module called `plugins`
     listing = subprocess.run([sys.executable, "-m", "autotl", "backbones"], cwd=elsewhere, env=env,
                              capture_output=True, text=True, check=True).stdout

@@ -180,7 +180,7 @@ def test_every_builtin_space_samples_valid_trainable_configurations(space, plugi
         loss = model.module(torch.randn(4, *model.data_config["input_size"])).logsumexp(1).mean()
         loss.backward()
         optimizer.step()
-        study.tell(trial, float(loss))
+        study.tell(trial, float(loss.detach()))
     if space == "full":
         assert {a for a, _, _ in seen} >= {"linear", "mlp", "bitfit", "cosine"}
         assert {s for _, s, _ in seen} == {"freeze_depth", "lp_ft", "surgical"}

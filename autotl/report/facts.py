@@ -56,7 +56,7 @@ def leaderboard_rows(records: List[TrialRecord], maximize: bool) -> List[Dict[st
     rows = []
     for rank, r in enumerate(done, 1):
         params = dict(r.params)
-        other = {k: v for k, v in params.items() if k not in LEADING_PARAMS + BACKBONE_LR_PARAMS}
+        other = {k: v for k, v in params.items() if k not in LEADING_PARAMS + BACKBONE_LR_PARAMS and v is not None}
         rows.append({"rank": rank, "trial": r.number, "backbone": r.backbone, "adapter": r.adapter,
                      "freeze_depth": params.get("freeze_depth"), "head_lr": params.get("head_lr"),
                      "backbone_lr": backbone_lr_text(params), "other": other, "value": r.value,
