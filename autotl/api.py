@@ -40,6 +40,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                progress: Any = None) -> RunResult:
     from .data import load_dataset
     from .export import merged_for_export, save_model
+    from .features import FeatureCache
     from .progress import Progress
     from .report import collect_facts, write_report
     from .runfolder import BEST_DIR, score_test_split, summarize, write_run_folder
@@ -89,8 +90,10 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
             except Exception as exc:  # a progress callback never stops the search
                 warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
+    features = FeatureCache(config.feature_cache_mb, spill_dir=out_dir / "feature_cache") if config.feature_cache else None
     runner = TrialRunner(config=config, space=space, dataset=dataset, task=task, metric=metric, plugins=plugins,
-                         device=device, tensors=TensorCache(task), on_best=on_best, progress=progress)
+                         device=device, tensors=TensorCache(task), on_best=on_best, progress=progress,
+                         features=features)
     interrupted = False
     progress.search_started(config.n_trials, config.timeout)
     try:

@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-report", dest="report", action="store_false",
                    help="skip report.html/.md/.json (build them later with `autotl report`)")
     s.add_argument("--top", type=_positive_int, default=10, metavar="K", help="leaderboard rows to print (default 10)")
+    s.add_argument("--no-feature-cache", dest="feature_cache", action="store_false",
+                   help="run frozen layers every epoch instead of caching their outputs")
+    s.add_argument("--feature-cache-mb", type=int, default=2048, metavar="MB",
+                   help="memory bound of the feature cache (default 2048); more spills to the run folder")
+    s.add_argument("--compile", action="store_true", help="torch.compile each trial's network (CUDA)")
+    s.add_argument("--default-trials", type=int, default=3, metavar="K",
+                   help="first trials: the default recipe on the K leading backbones (default 3; 0 disables)")
 
     rp = sub.add_parser("report", parents=[common], help="build the report of a run folder or a stored study",
                         description="Write report.html, report.md and report.json for a run folder, or for a study "
@@ -116,6 +123,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     result = search(args.data, space=args.space, backbones=args.backbones, trials=args.trials,
                     timeout=args.timeout, epochs=args.epochs, metric=args.metric, task=args.task, device=args.device, out=args.out,
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
+                    feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
+                    default_trials=args.default_trials,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
     print("\n" + format_leaderboard(result.report, args.top))

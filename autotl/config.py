@@ -48,6 +48,10 @@ class RunConfig:
     val_fraction: float = 0.2
     quiet: bool = False
     report: bool = True
+    feature_cache: bool = True  # reuse frozen layers' outputs across epochs and trials
+    feature_cache_mb: int = 2048  # in-memory bound of the feature cache; the rest spills to the run folder
+    compile: bool = False  # torch.compile each trial's network
+    default_trials: int = 3  # the first trials: the default recipe on this many leading backbones
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
@@ -56,6 +60,10 @@ class RunConfig:
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
                    name, "an int >= 1", value)
+        _check(isinstance(self.feature_cache_mb, int) and self.feature_cache_mb >= 0, "feature_cache_mb",
+               "an int >= 0 (megabytes)", self.feature_cache_mb)
+        _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
+               and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
         _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),
                "timeout", "a number of seconds > 0", self.timeout)
         _check(self.metric is None or self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}", self.metric)

@@ -146,6 +146,7 @@ class TrialRunner:
     tensors: Any
     on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
     progress: Progress = field(default_factory=Progress)
+    features: Any = None  # a FeatureCache shared by the search's trials, or None
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -180,8 +181,10 @@ class TrialRunner:
             epochs = self.space.epochs
             result = fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
                          labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
-                         reporter=trial, on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
+                         reporter=trial, feature_cache=self.features,
+                         on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
                              trial.number, epoch + 1, epochs, value))
+            trial.set_user_attr("feature_cache", result.feature_cache)
             trial.set_user_attr("curve", _json(result.curve))
             trial.set_user_attr("val_details", _json(result.val_details))
             if result.lp_epochs:

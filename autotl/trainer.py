@@ -64,6 +64,7 @@ class FitResult:
     val_details: Optional[Dict[str, Any]] = None  # at the best epoch: the task's report extras (confusion matrix, ...)
     lp_epochs: int = 0  # epochs of LP-FT's linear-probe phase
     drop_path_slots: int = 0  # residual blocks drop-path reached
+    feature_cache: List[str] = field(default_factory=list)  # per phase: probe, partial@k, or why not cached
 
 
 def _autocast(device: torch.device):
@@ -74,18 +75,24 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def predict_outputs(module: nn.Module, data: TensorSet, device: torch.device, task: Optional[Task] = None,
-                    batch_size: int = 256) -> np.ndarray:
-    """The task's outputs for every row of ``data``: class probabilities, label probabilities or values."""
+def predict_outputs(module: nn.Module, data: Any, device: torch.device, task: Optional[Task] = None,
+                    batch_size: int = 256, forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                    x: Optional[torch.Tensor] = None) -> np.ndarray:
+    """The task's outputs for every row of ``data``: class probabilities, label probabilities or values.
+
+    ``forward`` and ``x`` replace ``module`` and ``data.x``: the rest of a split network on cached features.
+    """
     task = task or Task()
     module.eval()
+    forward = forward or module
+    source = data.x if x is None else x
     outs = []
-    for start in range(0, len(data), batch_size):
-        x = data.x[start:start + batch_size].to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+    for start in range(0, len(source), batch_size):
+        xb = source[start:start + batch_size].to(device, non_blocking=True)
+        if device.type == "cuda" and xb.ndim == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device)[0]:
-            logits = module(x)
+            logits = forward(xb)
         outs.append(task.outputs(logits).cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
@@ -151,10 +158,69 @@ def _mixup(params: Any, task: Task, num_classes: int):
                  mode="batch", label_smoothing=params.label_smoothing, num_classes=num_classes)
 
 
+class _Phase:
+    """What a training phase runs: the whole network on images, or the rest of a split network on
+    cached features of its frozen prefix."""
+
+    def __init__(self, model: AdaptedModel, params: Any, train: Any, val: TensorSet, device: torch.device,
+                 autocast: Any, cache: Any, task: Task) -> None:
+        self.model, self.params, self.train, self.val, self.device = model, params, train, val, device
+        self.autocast, self.cache, self.task = autocast, cache, task
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = model.module
+        self.val_x: Optional[torch.Tensor] = None
+        self._train_x: Optional[torch.Tensor] = None
+
+    def begin(self, name: str, result: FitResult) -> None:
+        self.forward, self.val_x, self._train_x = self.model.module, None, None
+        try:
+            split, why = self._split(name)
+            if split is not None:
+                train_x = self.cache.features(self.model, split, self.train, self.device, self.autocast)
+                self.val_x = self.cache.features(self.model, split, self.val, self.device, self.autocast)
+                self._train_x, self.forward = train_x.to(self.device), split.rest
+        except Exception as exc:  # the cache only saves time: any problem in it means running uncached
+            from .features import warn_once
+
+            warn_once(f"feature cache off for this trial: {type(exc).__name__}: {exc}")
+            self.forward, self.val_x, self._train_x = self.model.module, None, None
+            split, why = None, f"error: {type(exc).__name__}"
+        result.feature_cache.append(split.label if split is not None else why)
+
+    def _split(self, name: str):
+        from .features import plan_split, uncacheable_reason, verify_split
+
+        if self.cache is None:
+            return None, "off"
+        why = uncacheable_reason(self.params)
+        if why is not None or not isinstance(self.train, TensorSet):
+            return None, why or "augmentation"
+        groups = _phase_groups(self.model, self.params, name)
+        if 0 in groups:
+            return None, "nothing frozen"
+        split = plan_split(self.model, groups)
+        if split is None:
+            return None, "no cut point in this network"
+        per_image = verify_split(self.model, split, self.model.data_config["input_size"])
+        if per_image is None:
+            return None, "the split did not reproduce the network"
+        if per_image * (len(self.train) + len(self.val)) > self.cache.max_bytes:
+            return None, "features larger than the cache"
+        return split, ""
+
+    def train_x(self) -> torch.Tensor:
+        """This epoch's training inputs, on the device: features, fixed images, or new augmented images."""
+        if self._train_x is not None:
+            return self._train_x
+        if isinstance(self.train, TensorSet):
+            self._train_x = self.train.x.to(self.device, non_blocking=True)
+            return self._train_x
+        return self.train.epoch_x().to(self.device)
+
+
 def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
-        labels: Optional[List[str]] = None) -> FitResult:
+        labels: Optional[List[str]] = None, feature_cache: Any = None) -> FitResult:
     """Fine-tune ``model`` for up to ``epochs`` epochs; keep the best validation epoch's weights.
 
     Args:
@@ -164,6 +230,8 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
         reporter: an Optuna trial (``report(value, step)``, ``should_prune()``) or None.
         on_epoch: called as ``on_epoch(epoch, val_metric, train_loss)`` after each epoch.
         task: the target task (default: multiclass); ``labels`` names its outputs for reports.
+        feature_cache: an :class:`autotl.features.FeatureCache`: frozen leading layers then run
+            once per search instead of every epoch, when the trial allows it.
 
     Raises:
         TrialError: the loss became NaN or infinite.
@@ -201,13 +269,16 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
 
     y_train = train.y.to(device)
     start = time.perf_counter()
+    phase = _Phase(model, params, train, val, device, autocast, feature_cache, task)
+    phase.begin("lp" if result.lp_epochs else "ft", result)
     update = 0
     for epoch in range(epochs):
         if result.lp_epochs and epoch == result.lp_epochs:  # LP-FT: the probe is done, fine-tune from here
             set_trainable(model, _phase_groups(model, params, "ft"))
             frozen_norms = frozen_norm_layers(module)
+            phase.begin("ft", result)
         set_train_mode(module, frozen_norms)
-        x_train = train.epoch_x().to(device)
+        x_train = phase.train_x()
         losses = []
         for idx in _batches(len(train), params.batch_size, generator):
             idx = idx.to(device)
@@ -216,10 +287,10 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
                 if len(x) % 2:  # timm's Mixup pairs images within the batch
                     x, y = x[:-1], y[:-1]
                 x, y = mixup(x, y)
-            if device.type == "cuda":
+            if device.type == "cuda" and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                loss = criterion(module(x), y)
+                loss = criterion(phase.forward(x), y)
             if l2sp is not None:
                 loss = loss + l2sp.penalty(module)
             if not torch.isfinite(loss):
@@ -243,7 +314,7 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
             update += 1
             scheduler.step_update(num_updates=update)
             losses.append(float(loss.detach()))
-        out = predict_outputs(module, val, device, task)
+        out = predict_outputs(module, val, device, task, forward=phase.forward, x=phase.val_x)
         value = task.score(metric, val.y.numpy(), out)
         result.curve.append(value)
         result.train_loss.append(float(np.mean(losses)) if losses else math.nan)

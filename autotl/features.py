@@ -1,0 +1,330 @@
+"""The frozen-feature cache: compute a trial's frozen prefix once, reuse it every epoch and trial.
+
+When a trial's first layer groups are frozen and run deterministically (eval mode, no augmentation,
+mixup or drop-path on its inputs), their output is the same in every epoch, and in every trial that
+shares the source weights, the cut, the data and the preprocessing. A :class:`Split` cuts the
+network there: ``prefix`` (frozen, run once, cached) and ``rest`` (trained). A linear probe caches
+the pooled features and trains only the head; a partly frozen timm network of a known family
+(ResNet, ViT/DeiT, ConvNeXt, EfficientNet/MobileNet, RegNet) runs only its unfrozen stages.
+
+Keys hash the prefix's own weights and buffers, the cut, the preprocessed data's bytes, and the
+device and autocast dtype, so a cached entry can never be served for another model, depth,
+transform or dataset. Every split is checked once against the whole network's output before use.
+The cache is an LRU bounded in megabytes; evicted entries spill to a folder (the run folder's
+``feature_cache/``) through atomic renames, so several workers can share it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .model import AdaptedModel
+from .tensors import TensorSet
+
+
+@dataclass
+class Split:
+    """The network cut in two: ``rest(prefix(x)) == module(x)``, with no trainable weight in ``prefix``."""
+
+    kind: str  # "probe" (pooled features -> head) or "partial" (after `cut` layer groups)
+    cut: int
+    prefix: Callable[[torch.Tensor], torch.Tensor]
+    rest: Callable[[torch.Tensor], torch.Tensor]
+    prefix_names: FrozenSet[str]  # parameters (and the modules whose buffers) the prefix reads
+
+    @property
+    def label(self) -> str:
+        return "probe" if self.kind == "probe" else f"partial@{self.cut}"
+
+
+def uncacheable_reason(params: Any, task: Any = None) -> Optional[str]:
+    """Why this trial's frozen prefix is not deterministic, or None when it is."""
+    if getattr(params, "augmentation", "none") != "none":
+        return "augmentation"
+    if getattr(params, "mixup_alpha", 0) > 0 or getattr(params, "cutmix_alpha", 0) > 0:
+        return "mixup"
+    if getattr(params, "drop_path", 0) > 0:
+        return "drop_path"
+    return None
+
+
+# -- where a network can be cut ---------------------------------------------------------------
+
+Atom = Tuple[Callable[[torch.Tensor], torch.Tensor], List[str]]  # (stage, the parameter names it owns)
+
+
+def _names(net: nn.Module, modules: Sequence[nn.Module], extra: Sequence[str] = ()) -> List[str]:
+    ids = {id(p) for m in modules for p in m.parameters()}
+    return [n for n, p in net.named_parameters() if id(p) in ids] + [n for n in extra if n in dict(net.named_parameters())]
+
+
+def _timm_atoms(net: nn.Module) -> Optional[Tuple[List[Atom], Callable[[torch.Tensor], torch.Tensor]]]:
+    """The stages of a known timm family in forward order, and the tail (``forward_head``)."""
+    try:
+        from timm.models.convnext import ConvNeXt
+        from timm.models.efficientnet import EfficientNet
+        from timm.models.mobilenetv3 import MobileNetV3
+        from timm.models.regnet import RegNet
+        from timm.models.resnet import ResNet
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - an older timm
+        return None
+    if getattr(net, "grad_checkpointing", False):
+        return None
+    if isinstance(net, ResNet):
+        stem = [net.conv1, net.bn1, net.act1, net.maxpool]
+        atoms = [(lambda x: net.maxpool(net.act1(net.bn1(net.conv1(x)))), _names(net, stem))]
+        atoms += [(m, _names(net, [m])) for m in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    elif isinstance(net, VisionTransformer):
+        embed = [net.patch_embed, net.patch_drop, net.norm_pre]
+        atoms = [(lambda x: net.norm_pre(net.patch_drop(net._pos_embed(net.patch_embed(x)))),
+                  _names(net, embed, ("cls_token", "pos_embed", "reg_token")))]
+        atoms += [(b, _names(net, [b])) for b in net.blocks]
+        atoms.append((net.norm, _names(net, [net.norm])))
+    elif isinstance(net, ConvNeXt):
+        atoms = [(net.stem, _names(net, [net.stem]))] + [(s, _names(net, [s])) for s in net.stages]
+        atoms.append((net.norm_pre, _names(net, [net.norm_pre])))
+    elif isinstance(net, (EfficientNet, MobileNetV3)):
+        atoms = [(lambda x: net.bn1(net.conv_stem(x)), _names(net, [net.conv_stem, net.bn1]))]
+        atoms += [(b, _names(net, [b])) for b in net.blocks]
+        if isinstance(net, EfficientNet):
+            atoms.append((lambda x: net.bn2(net.conv_head(x)), _names(net, [net.conv_head, net.bn2])))
+    elif isinstance(net, RegNet):
+        atoms = [(net.stem, _names(net, [net.stem]))]
+        atoms += [(getattr(net, f"s{i}"), _names(net, [getattr(net, f"s{i}")])) for i in range(1, 5)]
+        atoms.append((net.final_conv, _names(net, [net.final_conv])))
+    else:
+        return None
+    return atoms, net.forward_head
+
+
+def _sequence(stages: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        for stage in stages:
+            x = stage(x)
+        return x
+    return run
+
+
+def _parts(module: nn.Module) -> Optional[Tuple[nn.Module, str, Callable[[torch.Tensor], torch.Tensor], nn.Module]]:
+    """(the network with the stages, its name prefix in ``module``, pooled-features fn, classifier)."""
+    if hasattr(module, "forward_features") and hasattr(module, "forward_head") and hasattr(module, "get_classifier"):
+        classifier = module.get_classifier()
+        if isinstance(classifier, nn.Module):
+            return module, "", lambda x: module.forward_head(module.forward_features(x), pre_logits=True), classifier
+    backbone, head = getattr(module, "backbone", None), getattr(module, "head", None)
+    if isinstance(backbone, nn.Module) and isinstance(head, nn.Module):
+        return backbone, "backbone.", backbone, head
+    return None
+
+
+def plan_split(model: AdaptedModel, trainable: FrozenSet[int]) -> Optional[Split]:
+    """Where to cut this trial's network: after its frozen leading groups, or before the head."""
+    module = model.module
+    parts = _parts(module)
+    n = len(model.groups)
+    cut = min(trainable) if trainable else n
+    if parts is None or cut == 0:
+        return None
+    net, prefix_path, pooled, classifier = parts
+    training = {name for name, p in module.named_parameters() if p.requires_grad}
+    head_names = {name for name, p in module.named_parameters() if any(p is q for q in classifier.parameters())}
+    if cut >= n and training <= head_names:
+        names = frozenset(name for name, _ in module.named_parameters() if name not in head_names)
+        return Split("probe", n, pooled, classifier, names)
+    found = _timm_atoms(net)
+    if found is None or cut >= n:
+        return None
+    atoms, tail = found
+    prefix_names = frozenset(name for g in model.groups[:cut] for name in g)
+    covered: List[str] = []
+    for i, (_, names) in enumerate(atoms):
+        covered += [prefix_path + name for name in names]
+        if set(covered) == prefix_names:
+            head = (lambda x: classifier(tail(x, pre_logits=True))) if prefix_path else tail
+            return Split("partial", cut, _sequence([a for a, _ in atoms[:i + 1]]),
+                         _sequence([a for a, _ in atoms[i + 1:]] + [head]), prefix_names)
+        if not set(covered) <= prefix_names:
+            return None  # the groups do not fall on a stage boundary
+    return None
+
+
+@torch.no_grad()
+def verify_split(model: AdaptedModel, split: Split, input_size: Sequence[int]) -> Optional[int]:
+    """The bytes one image's prefix output takes, if the split reproduces the whole network on a
+    random batch (eval mode, float32); None if it does not."""
+    module = model.module
+    was_training = module.training
+    module.eval()
+    try:
+        param = next(module.parameters())
+        x = torch.randn(2, *input_size, device=param.device)
+        mid = split.prefix(x)
+        whole, parts = module(x), split.rest(mid)
+        same = whole.shape == parts.shape and torch.allclose(whole.float(), parts.float(), rtol=1e-4, atol=1e-5)
+        return mid[0].numel() * mid.element_size() if same else None
+    except Exception:
+        return None
+    finally:
+        module.train(was_training)
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+def _digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(str(t.dtype).encode())
+    h.update(str(tuple(t.shape)).encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def prefix_fingerprint(model: AdaptedModel, split: Split) -> str:
+    """A hash of everything the prefix computes with: its weights and its modules' buffers."""
+    h = hashlib.blake2b(digest_size=16)
+    params = dict(model.module.named_parameters())
+    modules = {name.rsplit(".", 1)[0] for name in split.prefix_names}
+    for name in sorted(split.prefix_names):
+        h.update(name.encode())
+        _digest_tensor(h, params[name])
+    for name, buf in sorted(model.module.named_buffers()):
+        if name.rsplit(".", 1)[0] in modules:
+            h.update(name.encode())
+            _digest_tensor(h, buf)
+    return h.hexdigest()
+
+
+_DATA_DIGESTS: Dict[int, Tuple[Any, str]] = {}
+
+
+def data_digest(data: TensorSet) -> str:
+    """A hash of the preprocessed images, remembered per tensor set."""
+    cached = _DATA_DIGESTS.get(id(data))
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    h = hashlib.blake2b(digest_size=16)
+    _digest_tensor(h, data.x)
+    digest = h.hexdigest()
+    _DATA_DIGESTS[id(data)] = (data, digest)
+    return digest
+
+
+# -- the cache --------------------------------------------------------------------------------
+
+class FeatureCache:
+    """An LRU of feature tensors bounded by ``max_mb``; evicted entries spill to ``spill_dir``."""
+
+    def __init__(self, max_mb: float = 2048, spill_dir: Optional[Path] = None, spill_max_mb: Optional[float] = None):
+        self.max_bytes = int(max_mb * 2**20)
+        self.spill_dir = Path(spill_dir) if spill_dir else None
+        self.spill_max_bytes = int((spill_max_mb if spill_max_mb is not None else 4 * max_mb) * 2**20)
+        self._mem: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self.bytes = 0
+        self.stats = {"hits": 0, "disk_hits": 0, "misses": 0, "spilled": 0, "too_big": 0}
+
+    @staticmethod
+    def size(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    def _file(self, key: str) -> Optional[Path]:
+        return self.spill_dir / f"{key}.safetensors" if self.spill_dir else None
+
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        if key in self._mem:
+            self._mem.move_to_end(key)
+            self.stats["hits"] += 1
+            return self._mem[key]
+        path = self._file(key)
+        if path is not None and path.is_file():
+            try:
+                from safetensors.torch import load_file
+
+                t = load_file(str(path))["features"]
+            except Exception:  # a damaged file is a miss, never a wrong answer
+                return None
+            self.stats["disk_hits"] += 1
+            self.put(key, t, spill=False)
+            return t
+        return None
+
+    def put(self, key: str, t: torch.Tensor, spill: bool = True) -> bool:
+        """Keep ``t``; False when it alone exceeds the bound (it is then not kept)."""
+        size = self.size(t)
+        if size > self.max_bytes:
+            self.stats["too_big"] += 1
+            return False
+        self._mem[key] = t
+        self._mem.move_to_end(key)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            old_key, old = self._mem.popitem(last=False)
+            self.bytes -= self.size(old)
+            if spill:
+                self._spill(old_key, old)
+        return True
+
+    def _spill(self, key: str, t: torch.Tensor) -> None:
+        path = self._file(key)
+        if path is None or path.is_file():
+            return
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file({"features": t.contiguous()}, str(tmp))
+        os.replace(tmp, path)  # atomic: another worker sees all of it or none
+        self.stats["spilled"] += 1
+        self._trim_disk()
+
+    def _trim_disk(self) -> None:
+        files = sorted(self.spill_dir.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        for p in files:
+            if total <= self.spill_max_bytes:
+                break
+            total -= p.stat().st_size
+            p.unlink(missing_ok=True)
+
+    def features(self, model: AdaptedModel, split: Split, data: TensorSet, device: torch.device,
+                 autocast: Any, batch_size: int = 256) -> torch.Tensor:
+        """The prefix's output for every image of ``data``, from the cache or computed now."""
+        amp = getattr(autocast, "fast_dtype", None) if getattr(autocast, "_enabled", True) else None
+        key = hashlib.blake2b(json.dumps([prefix_fingerprint(model, split), split.label, data_digest(data),
+                                          device.type, str(amp)]).encode(), digest_size=16).hexdigest()
+        found = self.get(key)
+        if found is not None:
+            return found
+        self.stats["misses"] += 1
+        module = model.module
+        was_training = module.training
+        module.eval()
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                x = data.x[start:start + batch_size].to(device, non_blocking=True)
+                if device.type == "cuda" and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast:
+                    outs.append(split.prefix(x).detach().to("cpu"))
+        module.train(was_training)
+        feats = torch.cat(outs) if outs else torch.zeros(0)
+        self.put(key, feats)
+        return feats
+
+
+def describe(cache: Optional[FeatureCache]) -> Dict[str, Any]:
+    return {} if cache is None else {**cache.stats, "megabytes": round(cache.bytes / 2**20, 1)}
+
+
+def warn_once(message: str, _seen: set = set()) -> None:  # noqa: B006 - the set is the memory
+    if message not in _seen:
+        _seen.add(message)
+        warnings.warn(message, stacklevel=3)
