@@ -40,6 +40,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                progress: Any = None) -> RunResult:
     from .data import load_dataset
     from .export import merged_for_export, save_model
+    from .defaults import enqueue_default_trials
     from .features import FeatureCache
     from .progress import Progress
     from .report import collect_facts, write_report
@@ -64,6 +65,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     storage = make_storage(config.storage, out_dir)
     metric = resolve_metric(config, name, storage, dataset.task)
     study = open_study(name, storage, space, metric, config.seed)
+    enqueue_default_trials(study, space, plugins, config.default_trials)
     if "dataset" not in study.user_attrs:
         study.set_user_attr("dataset", dataset.describe())
     study.set_user_attr("run_dir", str(out_dir.resolve()))

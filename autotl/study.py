@@ -7,6 +7,7 @@ on. The best trial's own weights are written to ``best/`` as soon as it finishes
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import math
@@ -149,11 +150,22 @@ class TrialRunner:
     features: Any = None  # a FeatureCache shared by the search's trials, or None
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
 
+    def _fit(self, trial: optuna.Trial, model: Any, params: TrialParams) -> Any:
+        from .trainer import fit
+
+        train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation)
+        val = self.tensors.get(self.dataset.val, model.data_config)
+        epochs = self.space.epochs
+        return fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
+                   labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
+                   reporter=trial, feature_cache=self.features, compile=self.config.compile,
+                   on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(trial.number, epoch + 1,
+                                                                                     epochs, value))
+
     def __call__(self, trial: optuna.Trial) -> float:
         import torch
 
         from .model import build_model
-        from .trainer import fit
 
         start = time.perf_counter()
         model = result = None
@@ -176,14 +188,20 @@ class TrialRunner:
             except BuildError as exc:
                 self.broken[params.backbone] = f"{exc.what} (trial {trial.number})"
                 raise
-            train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation)
-            val = self.tensors.get(self.dataset.val, model.data_config)
-            epochs = self.space.epochs
-            result = fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
-                         labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
-                         reporter=trial, feature_cache=self.features,
-                         on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(
-                             trial.number, epoch + 1, epochs, value))
+            try:
+                result = self._fit(trial, model, params)
+            except Exception as exc:
+                if not _is_oom(exc) or params.batch_size < 2:
+                    raise
+                # Out of memory: retry once at half the batch size, from freshly built weights.
+                half = params.batch_size // 2
+                trial.set_user_attr("oom_retry", {"batch_size": params.batch_size, "retried_at": half})
+                del model
+                _free(self.device)
+                params = dataclasses.replace(params, batch_size=half)
+                torch.manual_seed(self.config.seed + trial.number)
+                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
+                result = self._fit(trial, model, params)
             trial.set_user_attr("feature_cache", result.feature_cache)
             trial.set_user_attr("curve", _json(result.curve))
             trial.set_user_attr("val_details", _json(result.val_details))
@@ -207,8 +225,10 @@ class TrialRunner:
         except optuna.TrialPruned:
             raise
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":
-                reason = f"out of memory on {self.device}: {_one_line(exc)} (try a smaller batch_size)"
+            if _is_oom(exc):
+                retried = trial.user_attrs.get("oom_retry")
+                tried = f" at batch_size {retried['batch_size']} and {retried['retried_at']}" if retried else ""
+                reason = f"out of memory on {self.device}{tried}: {_one_line(exc)} (narrow batch_size in the space)"
             else:
                 reason = _one_line(exc)
             trial.set_user_attr("fail_reason", reason[:2000])
@@ -219,6 +239,18 @@ class TrialRunner:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()[:200]
+
+
+def _free(device: Any) -> None:
+    gc.collect()
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
 
 
 def best_other_value(study: optuna.Study, number: int) -> Optional[float]:

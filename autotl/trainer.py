@@ -84,7 +84,7 @@ def predict_outputs(module: nn.Module, data: Any, device: torch.device, task: Op
     """
     task = task or Task()
     module.eval()
-    forward = forward or module
+    forward = forward if forward is not None else module
     source = data.x if x is None else x
     outs = []
     for start in range(0, len(source), batch_size):
@@ -163,15 +163,16 @@ class _Phase:
     cached features of its frozen prefix."""
 
     def __init__(self, model: AdaptedModel, params: Any, train: Any, val: TensorSet, device: torch.device,
-                 autocast: Any, cache: Any, task: Task) -> None:
+                 autocast: Any, cache: Any, task: Task, compiled: Any = None) -> None:
         self.model, self.params, self.train, self.val, self.device = model, params, train, val, device
         self.autocast, self.cache, self.task = autocast, cache, task
-        self.forward: Callable[[torch.Tensor], torch.Tensor] = model.module
+        self.whole = compiled if compiled is not None else model.module  # what runs the whole network
+        self.forward: Callable[[torch.Tensor], torch.Tensor] = self.whole
         self.val_x: Optional[torch.Tensor] = None
         self._train_x: Optional[torch.Tensor] = None
 
     def begin(self, name: str, result: FitResult) -> None:
-        self.forward, self.val_x, self._train_x = self.model.module, None, None
+        self.forward, self.val_x, self._train_x = self.whole, None, None
         try:
             split, why = self._split(name)
             if split is not None:
@@ -182,7 +183,7 @@ class _Phase:
             from .features import warn_once
 
             warn_once(f"feature cache off for this trial: {type(exc).__name__}: {exc}")
-            self.forward, self.val_x, self._train_x = self.model.module, None, None
+            self.forward, self.val_x, self._train_x = self.whole, None, None
             split, why = None, f"error: {type(exc).__name__}"
         result.feature_cache.append(split.label if split is not None else why)
 
@@ -220,7 +221,7 @@ class _Phase:
 def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
-        labels: Optional[List[str]] = None, feature_cache: Any = None) -> FitResult:
+        labels: Optional[List[str]] = None, feature_cache: Any = None, compile: bool = False) -> FitResult:
     """Fine-tune ``model`` for up to ``epochs`` epochs; keep the best validation epoch's weights.
 
     Args:
@@ -232,6 +233,7 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
         task: the target task (default: multiclass); ``labels`` names its outputs for reports.
         feature_cache: an :class:`autotl.features.FeatureCache`: frozen leading layers then run
             once per search instead of every epoch, when the trial allows it.
+        compile: run the network through ``torch.compile`` (the weights stay the module's own).
 
     Raises:
         TrialError: the loss became NaN or infinite.
@@ -247,6 +249,7 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
     module.to(device)
     if device.type == "cuda":
         module.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
     steps = len(_batches(len(train), params.batch_size, torch.Generator().manual_seed(0)))
     optimizer, scheduler = make_optimizer(model, params, epochs=epochs, steps_per_epoch=steps)
     l2sp = None
@@ -269,7 +272,8 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
 
     y_train = train.y.to(device)
     start = time.perf_counter()
-    phase = _Phase(model, params, train, val, device, autocast, feature_cache, task)
+    phase = _Phase(model, params, train, val, device, autocast, feature_cache, task,
+                   torch.compile(module) if compile else None)
     phase.begin("lp" if result.lp_epochs else "ft", result)
     update = 0
     for epoch in range(epochs):

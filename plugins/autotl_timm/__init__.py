@@ -20,16 +20,18 @@ from autotl import SourceModel, hookimpl
 WEIGHTS_ENV = "AUTOTL_TIMM_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = "~/.cache/autotl/timm"
 
-#: Pretrained backbones a search considers by default: (timm name, description).
+#: Pretrained backbones a search considers by default: (timm name, description, ImageNet-1k top-1 %).
+#: The top-1 figures are timm's published results (rounded); the search tries the most accurate
+#: sources first, since ImageNet accuracy predicts transfer accuracy (Kornblith et al. 2019).
 HUB_MODELS = (
-    ("resnet18.a1_in1k", "ResNet-18, ImageNet-1k"),
-    ("resnet50.a1_in1k", "ResNet-50, ImageNet-1k"),
-    ("efficientnet_b0.ra_in1k", "EfficientNet-B0, ImageNet-1k"),
-    ("mobilenetv3_large_100.ra_in1k", "MobileNetV3-L, ImageNet-1k"),
-    ("convnext_tiny.fb_in22k_ft_in1k", "ConvNeXt-T, ImageNet-22k then 1k"),
-    ("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k then 1k"),
-    ("deit_small_patch16_224.fb_in1k", "DeiT-S/16, ImageNet-1k"),
-    ("regnety_016.tv2_in1k", "RegNetY-1.6GF, ImageNet-1k"),
+    ("resnet18.a1_in1k", "ResNet-18, ImageNet-1k", 71.5),
+    ("resnet50.a1_in1k", "ResNet-50, ImageNet-1k", 80.4),
+    ("efficientnet_b0.ra_in1k", "EfficientNet-B0, ImageNet-1k", 77.7),
+    ("mobilenetv3_large_100.ra_in1k", "MobileNetV3-L, ImageNet-1k", 75.8),
+    ("convnext_tiny.fb_in22k_ft_in1k", "ConvNeXt-T, ImageNet-22k then 1k", 82.9),
+    ("vit_small_patch16_224.augreg_in21k_ft_in1k", "ViT-S/16, ImageNet-21k then 1k", 81.4),
+    ("deit_small_patch16_224.fb_in1k", "DeiT-S/16, ImageNet-1k", 79.9),
+    ("regnety_016.tv2_in1k", "RegNetY-1.6GF, ImageNet-1k", 80.7),
 )
 
 #: timm's tiny test networks, run at 32 px: (architecture, create_model kwargs).
@@ -91,9 +93,10 @@ def _local_weights(name: str) -> Optional[str]:
 
 @hookimpl
 def autotl_register_source_models(register):
-    for name, description in HUB_MODELS:
+    for name, description, top1 in HUB_MODELS:
         register(timm_source(f"timm/{name}", name, weights=_local_weights(name), description=description,
-                             source_task=name.split(".", 1)[1] if "." in name else None))
+                             source_task=name.split(".", 1)[1] if "." in name else None,
+                             metadata={"imagenet_top1": top1}))
     for arch, kwargs in TEST_MODELS:
         register(timm_source(f"timm/{arch}", arch, weights=_local_weights(arch), hub=False, model_kwargs=kwargs,
                              data_config=TEST_DATA_CONFIG,

@@ -1,0 +1,94 @@
+"""The first trials of a new search: a fixed, published fine-tuning recipe on the leading backbones.
+
+A search then starts from what a careful practitioner would run by hand, so it is never worse than
+that recipe, and TPE learns from good trials early. The recipe follows fastai's ``fine_tune``
+(train the new head first, then everything with a 10x lower backbone rate) with AdamW, cosine
+decay and the weight decay of MAE/BEiT fine-tuning, light augmentation and label smoothing 0.1
+(see shared/REFERENCES.md). It is projected onto the search space: a knob the space fixes keeps
+the space's value, a sampled knob gets the recipe's value clipped into its range (or its first
+choice when the recipe's value is not a choice).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence
+
+import optuna
+
+from .space import ParamSpec, Space
+
+#: The recipe, in the space's knob names.
+DEFAULT_RECIPE: Dict[str, Any] = {
+    "strategy": "lp_ft", "lp_fraction": 0.2, "freeze_depth": 0.0, "surgical_group": 1.0,
+    "optimizer": "adamw", "momentum": 0.9, "head_lr": 2e-3, "backbone_lr": "multiplier", "backbone_lr_mult": 0.1,
+    "layer_decay": 0.75, "weight_decay": 0.05, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 1,
+    "label_smoothing": 0.1, "augmentation": "light", "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "drop_path": 0.0,
+    "grad_clip": 0.0, "l2sp": "off", "l2sp_weight": 0.01,
+}
+
+
+def _project(spec: ParamSpec, value: Any) -> Any:
+    """The value a sampled knob takes in the recipe: the recipe's, made valid for this spec."""
+    if spec.kind == "categorical":
+        return value if value in spec.choices else spec.choices[0]
+    if value is None or isinstance(value, str):
+        value = math.sqrt(spec.low * spec.high) if spec.log else (spec.low + spec.high) / 2
+    value = min(max(value, spec.low), spec.high)
+    if spec.step:
+        value = spec.low + round((value - spec.low) / spec.step) * spec.step
+        value = min(value, spec.high)
+    return int(round(value)) if spec.kind == "int" else float(value)
+
+
+def _adapter_value(spec: ParamSpec) -> Any:
+    """An adapter knob's recipe value: its first choice, or the middle of its range."""
+    if spec.kind == "categorical":
+        return spec.choices[0]
+    return _project(spec, None)
+
+
+def recipe_params(space: Space, backbone: str) -> Dict[str, Any]:
+    """The Optuna params that make a trial of ``space`` run the default recipe on ``backbone``."""
+    adapter = "linear" if "linear" in space.adapters else space.adapters[0]
+    sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": space.task}
+    out: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
+    for spec in space.file.params:
+        if spec.name in sampled or not spec.applies(sampled):
+            continue
+        if spec.kind == "fixed":
+            sampled[spec.name] = spec.value
+            continue
+        value = _project(spec, DEFAULT_RECIPE.get(spec.name))
+        sampled[spec.name] = value
+        out[spec.optuna_name or spec.name] = value
+    for spec in space.adapter_specs.get(adapter, ()):
+        if spec.kind != "fixed" and spec.applies(sampled):
+            out[f"{adapter}.{spec.optuna_name or spec.name}"] = _adapter_value(spec)
+    return out
+
+
+def leading_backbones(space: Space, plugins: Any, k: int) -> List[str]:
+    """The ``k`` backbones to try first: by their source accuracy when plugins record one (zoo
+    sidecars do), else in the space's order."""
+    def accuracy(name: str) -> float:
+        meta = dict(plugins.sources.get(name).metadata or {})
+        for key in ("accuracy", "top1", "imagenet_top1"):
+            if isinstance(meta.get(key), (int, float)):
+                return float(meta[key])
+        return float("-inf")
+
+    ranked = sorted(space.backbones, key=lambda n: (-accuracy(n), space.backbones.index(n)))
+    return ranked[:max(0, k)]
+
+
+def enqueue_default_trials(study: optuna.Study, space: Space, plugins: Any, k: int,
+                           backbones: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+    """Queue the default recipe on the leading backbones as a new study's first trials."""
+    if k <= 0 or study.trials:
+        return []
+    queued = []
+    for name in backbones or leading_backbones(space, plugins, k):
+        params = recipe_params(space, name)
+        study.enqueue_trial(params, user_attrs={"origin": "default recipe"}, skip_if_exists=True)
+        queued.append(params)
+    return queued

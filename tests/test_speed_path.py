@@ -1,0 +1,113 @@
+"""The fast path's safety nets: the default recipe first, out-of-memory retries, torch.compile."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+import autotl
+from autotl.cli import main
+from conftest import FIXTURE_PLUGINS
+
+
+def study_of(out):
+    summary = json.loads((out / "summary.json").read_text())
+    return optuna.load_study(study_name=summary["study"], storage=autotl.study.make_storage(None, out))
+
+
+def test_the_default_recipe_runs_first_on_the_leading_backbones(split_folder, tmp_path, plugins):
+    from autotl.defaults import recipe_params
+    from autotl.space import load_space_file, resolve_space
+
+    out = tmp_path / "run"
+    autotl.search(str(split_folder), space="default", backbones="timm/test_vit,timm/test_resnet", trials=3,
+                  epochs=2, device="cpu", out=str(out), default_trials=2, report=False)
+    trials = study_of(out).trials
+    space = resolve_space(load_space_file("default"), plugins, ["timm/test_vit", "timm/test_resnet"], 2)
+    for t, backbone in zip(trials[:2], ("timm/test_vit", "timm/test_resnet")):
+        assert t.params == recipe_params(space, backbone)
+        assert t.user_attrs["origin"] == "default recipe"
+        p = t.user_attrs["params"]
+        assert (p["strategy"], p["lp_fraction"], p["optimizer"], p["head_lr"], p["backbone_lr_mult"],
+                p["weight_decay"], p["label_smoothing"], p["augmentation"]) == \
+               ("lp_ft", 0.2, "adamw", 2e-3, 0.1, 0.05, 0.1, "light")
+    assert "origin" not in trials[2].user_attrs
+
+
+def test_the_recipe_is_projected_onto_a_narrow_space(tmp_path, plugins):
+    from autotl.defaults import recipe_params
+    from autotl.space import load_space_file, resolve_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("params:\n  head_lr: {low: 1.0e-2, high: 1.0e-1, log: true}\n  freeze_depth: {choices: [0.5, 1.0]}\n"
+                    "  strategy: freeze_depth\n  batch_size: {low: 8, high: 24, step: 8}\n")
+    space = resolve_space(load_space_file(str(path)), plugins, ["timm/test_vit"], 2)
+    assert recipe_params(space, "timm/test_vit") == {"backbone": "timm/test_vit", "adapter": "linear",
+                                                     "head_lr": 1e-2, "freeze_depth": 0.5, "batch_size": 24}
+
+
+def test_leading_backbones_follow_the_source_accuracy(plugins):
+    from autotl.defaults import leading_backbones
+    from autotl.space import load_space_file, resolve_space
+
+    space = resolve_space(load_space_file("default"), plugins, ["timm/resnet18.a1_in1k", "timm/convnext_tiny*",
+                                                                 "timm/resnet50.a1_in1k"], 2)
+    assert leading_backbones(space, plugins, 2) == ["timm/convnext_tiny.fb_in22k_ft_in1k", "timm/resnet50.a1_in1k"]
+
+
+def test_a_resumed_study_gets_no_second_default_trials(split_folder, tmp_path):
+    out = tmp_path / "run"
+    for _ in range(2):
+        autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=1, epochs=1, device="cpu",
+                      out=str(out), study="again", default_trials=1, report=False)
+    assert [t.user_attrs.get("origin") for t in study_of(out).trials] == ["default recipe", None]
+
+
+def test_out_of_memory_retries_at_half_the_batch(split_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OOM_LIMIT", "8")
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n")
+    out = tmp_path / "run"
+    assert main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
+                 "acme/hungry", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
+                 "--default-trials", "0"]) == 0
+    trial = study_of(out).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["oom_retry"] == {"batch_size": 16, "retried_at": 8}
+
+
+def test_out_of_memory_twice_fails_the_trial_cleanly(split_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OOM_LIMIT", "4")
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n")
+    out = tmp_path / "run"
+    assert main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
+                 "acme/hungry", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
+                 "--default-trials", "0"]) == 1
+    trial = study_of(out).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("out of memory on cpu at batch_size 16 and 8: OutOfMemoryError")
+    assert "narrow batch_size in the space" in trial.user_attrs["fail_reason"]
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_network(split_folder, tmp_path):
+    import torch
+
+    from autotl.data import load_dataset
+    from autotl.trainer import fit
+    from helpers import build, tensors, trial_params
+
+    plugins = autotl.get_plugin_manager()
+    data = load_dataset(str(split_folder))
+    curves = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = build(plugins, "timm/test_vit")
+        train, val = tensors(data, model)
+        result = fit(model, train, val, trial_params(backbone="timm/test_vit"), epochs=2, metric="accuracy",
+                     device=torch.device("cpu"), compile=compile_)
+        curves.append(result.curve)
+        assert not any(k.startswith("_orig_mod") for k in result.state_dict)  # the weights stay the module's own
+    assert curves[0] == pytest.approx(curves[1], abs=0.1)
