@@ -53,6 +53,8 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     from .trainer import resolve_device
 
     started = time.perf_counter()
+    import timm  # noqa: F401  (loaded here, so the first trial's time is its own)
+
     progress = progress if progress is not None else Progress()
     plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
     space_file = load_space_file(config.space)

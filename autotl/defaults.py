@@ -3,10 +3,12 @@
 A search then starts from what a careful practitioner would run by hand, so it is never worse than
 that recipe, and TPE learns from good trials early. The recipe follows fastai's ``fine_tune``
 (train the new head first, then everything with a 10x lower backbone rate) with AdamW, cosine
-decay and the weight decay of MAE/BEiT fine-tuning, light augmentation and label smoothing 0.1
-(see shared/REFERENCES.md). It is projected onto the search space: a knob the space fixes keeps
-the space's value, a sampled knob gets the recipe's value clipped into its range (or its first
-choice when the recipe's value is not a choice).
+decay and the weight decay of MAE/BEiT fine-tuning and label smoothing 0.1 (see
+shared/REFERENCES.md). It adds no augmentation: a flip or a crop is wrong for some targets (digits,
+text), and the search tries them anyway. It is projected onto the search space: a knob the space
+fixes keeps the space's value, a sampled knob gets the recipe's value clipped into its range, or
+the nearest (else the first) of its choices. These trials are never pruned: a search must be able
+to rely on having seen the recipe run to the end.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ DEFAULT_RECIPE: Dict[str, Any] = {
     "strategy": "lp_ft", "lp_fraction": 0.2, "freeze_depth": 0.0, "surgical_group": 1.0,
     "optimizer": "adamw", "momentum": 0.9, "head_lr": 2e-3, "backbone_lr": "multiplier", "backbone_lr_mult": 0.1,
     "layer_decay": 0.75, "weight_decay": 0.05, "batch_size": 32, "schedule": "cosine", "warmup_epochs": 1,
-    "label_smoothing": 0.1, "augmentation": "light", "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "drop_path": 0.0,
+    "label_smoothing": 0.1, "augmentation": "none", "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "drop_path": 0.0,
     "grad_clip": 0.0, "l2sp": "off", "l2sp_weight": 0.01,
 }
 
@@ -30,7 +32,12 @@ DEFAULT_RECIPE: Dict[str, Any] = {
 def _project(spec: ParamSpec, value: Any) -> Any:
     """The value a sampled knob takes in the recipe: the recipe's, made valid for this spec."""
     if spec.kind == "categorical":
-        return value if value in spec.choices else spec.choices[0]
+        if value in spec.choices:
+            return value
+        numbers = [c for c in spec.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if isinstance(value, (int, float)) and numbers:  # the nearest number on offer, e.g. batch 16 for 32
+            return min(numbers, key=lambda c: (abs(c - value), c))
+        return spec.choices[0]
     if value is None or isinstance(value, str):
         value = math.sqrt(spec.low * spec.high) if spec.log else (spec.low + spec.high) / 2
     value = min(max(value, spec.low), spec.high)

@@ -156,9 +156,10 @@ class TrialRunner:
         train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation)
         val = self.tensors.get(self.dataset.val, model.data_config)
         epochs = self.space.epochs
+        reporter = _Unprunable(trial) if trial.user_attrs.get("origin") == "default recipe" else trial
         return fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
                    labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
-                   reporter=trial, feature_cache=self.features, compile=self.config.compile,
+                   reporter=reporter, feature_cache=self.features, compile=self.config.compile,
                    on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(trial.number, epoch + 1,
                                                                                      epochs, value))
 
@@ -239,6 +240,19 @@ class TrialRunner:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+class _Unprunable:
+    """Reports every epoch to the trial but never stops it (the default-recipe trials)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def report(self, value: float, step: int) -> None:
+        self.trial.report(value, step)
+
+    def should_prune(self) -> bool:
+        return False
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -297,9 +297,6 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
                 loss = criterion(phase.forward(x), y)
             if l2sp is not None:
                 loss = loss + l2sp.penalty(module)
-            if not torch.isfinite(loss):
-                raise TrialError(f"the training loss became {loss.item()} at epoch {epoch + 1}",
-                                 "lower head_lr or narrow its range in the search space")
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -317,11 +314,15 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
                 optimizer.step()
             update += 1
             scheduler.step_update(num_updates=update)
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # kept on the device: reading it every step would sync a GPU
+        epoch_loss = float(torch.stack(losses).float().mean()) if losses else math.nan
+        if losses and not math.isfinite(epoch_loss):
+            raise TrialError(f"the training loss became {epoch_loss} at epoch {epoch + 1}",
+                             "lower head_lr or narrow its range in the search space")
         out = predict_outputs(module, val, device, task, forward=phase.forward, x=phase.val_x)
         value = task.score(metric, val.y.numpy(), out)
         result.curve.append(value)
-        result.train_loss.append(float(np.mean(losses)) if losses else math.nan)
+        result.train_loss.append(epoch_loss)
         result.epochs_run = epoch + 1
         if result.best_value is None or better(metric, value, result.best_value):
             result.best_value, result.best_epoch = value, epoch

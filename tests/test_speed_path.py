@@ -31,8 +31,23 @@ def test_the_default_recipe_runs_first_on_the_leading_backbones(split_folder, tm
         p = t.user_attrs["params"]
         assert (p["strategy"], p["lp_fraction"], p["optimizer"], p["head_lr"], p["backbone_lr_mult"],
                 p["weight_decay"], p["label_smoothing"], p["augmentation"]) == \
-               ("lp_ft", 0.2, "adamw", 2e-3, 0.1, 0.05, 0.1, "light")
+               ("lp_ft", 0.2, "adamw", 2e-3, 0.1, 0.05, 0.1, "none")
     assert "origin" not in trials[2].user_attrs
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.intermediate_values) == 2 for t in trials[:2])
+
+
+def test_default_trials_are_never_pruned(split_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 3\npruner: {name: median, n_startup_trials: 0, n_warmup_steps: 0}\n"
+                     "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
+    out = tmp_path / "run"
+    autotl.search(str(split_folder), space=str(space), backbones="acme/*", trials=6, device="cpu", out=str(out),
+                  default_trials=2, report=False, seed=1, plugins=[str(FIXTURE_PLUGINS / "ranked.py")])
+    trials = study_of(out).trials
+    assert [t.params["backbone"] for t in trials[:2]] == ["acme/good", "acme/constant"]  # by source accuracy
+    assert trials[1].state.name == "COMPLETE" and len(trials[1].intermediate_values) == 3  # worse, yet not pruned
+    later = [t.state.name for t in trials[2:] if t.params["backbone"] == "acme/constant"]
+    assert later and set(later) == {"PRUNED"}  # the pruner does prune the same setup when it is not the recipe
 
 
 def test_the_recipe_is_projected_onto_a_narrow_space(tmp_path, plugins):
@@ -41,10 +56,10 @@ def test_the_recipe_is_projected_onto_a_narrow_space(tmp_path, plugins):
 
     path = tmp_path / "space.yaml"
     path.write_text("params:\n  head_lr: {low: 1.0e-2, high: 1.0e-1, log: true}\n  freeze_depth: {choices: [0.5, 1.0]}\n"
-                    "  strategy: freeze_depth\n  batch_size: {low: 8, high: 24, step: 8}\n")
+                    "  strategy: freeze_depth\n  batch_size: {choices: [8, 16, 64]}\n")
     space = resolve_space(load_space_file(str(path)), plugins, ["timm/test_vit"], 2)
     assert recipe_params(space, "timm/test_vit") == {"backbone": "timm/test_vit", "adapter": "linear",
-                                                     "head_lr": 1e-2, "freeze_depth": 0.5, "batch_size": 24}
+                                                     "head_lr": 1e-2, "freeze_depth": 0.5, "batch_size": 16}
 
 
 def test_leading_backbones_follow_the_source_accuracy(plugins):
