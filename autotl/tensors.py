@@ -7,8 +7,9 @@ transform the images only once.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,6 +42,31 @@ class TensorSet:
         return self.x
 
 
+#: Below this many images, worker processes cost more to start than the transforms they share.
+MIN_IMAGES_FOR_WORKERS = 2000
+
+
+def loader_workers(n_images: int, cpus: Optional[int] = None) -> int:
+    """DataLoader workers for one epoch of augmentation: none for small sets or small machines,
+    else one per spare core (at most 8), leaving a core to the training loop."""
+    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    if n_images < MIN_IMAGES_FOR_WORKERS or cpus <= 2:
+        return 0
+    return min(8, cpus - 1)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    def __init__(self, images: Sequence[Any], transform: Any) -> None:
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.images[i])
+
+
 @dataclass(frozen=True)
 class AugmentedSet:
     """Training images drawn anew every epoch through a random transform."""
@@ -48,13 +74,21 @@ class AugmentedSet:
     images: Tuple[Any, ...]
     y: torch.Tensor
     transform: Any
+    workers: Optional[int] = None  # None: loader_workers() decides
+    pin_memory: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def epoch_x(self) -> torch.Tensor:
-        """This epoch's augmented images (seeded by the trial through ``random`` and ``torch``)."""
-        return torch.stack([self.transform(img) for img in self.images]).contiguous()
+        """This epoch's augmented images, in order (seeded by the trial through ``random`` and
+        ``torch``; worker processes are seeded from torch's generator)."""
+        workers = loader_workers(len(self.images)) if self.workers is None else self.workers
+        if workers == 0:
+            return torch.stack([self.transform(img) for img in self.images]).contiguous()
+        loader = torch.utils.data.DataLoader(_Transformed(self.images, self.transform), batch_size=256,
+                                             shuffle=False, num_workers=workers, pin_memory=self.pin_memory)
+        return torch.cat(list(loader)).contiguous()
 
 
 def train_transform(data_config: Mapping[str, Any], augmentation: str):

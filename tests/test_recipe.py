@@ -196,3 +196,19 @@ def test_augmentation_never_asks_for_an_impossible_operation(level):
     image = Image.new("RGB", (32, 32), (120, 60, 200))
     for _ in range(3000):
         transform(image)
+
+
+def test_augmentation_workers_are_chosen_by_size_and_machine_and_draw_the_same_images(plugins, image_folder):
+    from autotl.tensors import AugmentedSet, loader_workers, train_transform
+
+    assert loader_workers(100, cpus=16) == 0 and loader_workers(50_000, cpus=2) == 0
+    assert loader_workers(50_000, cpus=4) == 3 and loader_workers(50_000, cpus=64) == 8
+    dataset = load_dataset(str(image_folder))
+    model = build(plugins, "timm/test_vit")
+    transform = train_transform(model.data_config, "light")
+    draws = []
+    for workers in (1, 1):
+        torch.manual_seed(5)
+        draws.append(AugmentedSet(tuple(dataset.train.images), torch.zeros(len(dataset.train)), transform,
+                                  workers=workers).epoch_x())
+    assert draws[0].shape == (len(dataset.train), 3, 32, 32) and torch.equal(draws[0], draws[1])
