@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature-cache-mb", type=int, default=2048, metavar="MB",
                    help="memory bound of the feature cache (default 2048); more spills to the run folder")
     s.add_argument("--compile", action="store_true", help="torch.compile each trial's network (CUDA)")
+    s.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="worker processes on this machine, sharing the study (default 1)")
+    s.add_argument("--devices", metavar="DEV[,DEV]", help="one device per worker in turn, e.g. cuda:0,cuda:1")
+    s.add_argument("--artifacts", metavar="DIR", help="where best/ is written (default: the run folder); "
+                                                      "give workers on several machines one shared folder")
     s.add_argument("--default-trials", type=int, default=3, metavar="K",
                    help="first trials: the default recipe on the K leading backbones (default 3; 0 disables)")
 
@@ -124,7 +129,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     timeout=args.timeout, epochs=args.epochs, metric=args.metric, task=args.task, device=args.device, out=args.out,
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
-                    default_trials=args.default_trials,
+                    default_trials=args.default_trials, workers=args.workers, devices=args.devices,
+                    artifacts=args.artifacts,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
     print("\n" + format_leaderboard(result.report, args.top))

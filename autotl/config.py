@@ -52,6 +52,9 @@ class RunConfig:
     feature_cache_mb: int = 2048  # in-memory bound of the feature cache; the rest spills to the run folder
     compile: bool = False  # torch.compile each trial's network
     default_trials: int = 3  # the first trials: the default recipe on this many leading backbones
+    workers: int = 1  # worker processes on this machine
+    devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
+    artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
@@ -64,6 +67,8 @@ class RunConfig:
                "an int >= 0 (megabytes)", self.feature_cache_mb)
         _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
+        _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 256,
+               "workers", "an int from 1 to 256", self.workers)
         _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),
                "timeout", "a number of seconds > 0", self.timeout)
         _check(self.metric is None or self.metric in METRICS, "metric", f"one of {', '.join(METRICS)}", self.metric)

@@ -7,6 +7,7 @@ the source model and adapter, then loads the weights.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -88,14 +89,65 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+    except BaseException:  # e.g. a full disk: leave the old best/ as it was, and no half-written folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return config
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path):
+    """An exclusive lock (``flock``) on ``path``: one worker at a time decides and writes ``best/``."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def exported_value(directory: Path, study: str) -> Optional[float]:
+    """The value of the model ``directory`` holds, if it belongs to ``study``."""
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return float(config["value"]) if config.get("study") == study and config.get("value") is not None else None
+
+
+def save_best(ctx: Any, number: int, value: float, params: Any, model: Any, state: Mapping[str, torch.Tensor]) -> bool:
+    """Write trial ``number`` to ``<artifacts>/best/`` if it beats the study's other trials and the
+    model already there. Workers on one artifact folder take turns under a lock, so the best trial
+    wins whatever order trials finish in. Returns whether it was written."""
+    from .runfolder import BEST_DIR
+    from .study import best_other_value
+    from .tasks import better
+
+    target = ctx.artifacts / BEST_DIR
+    with folder_lock(ctx.artifacts / ".best.lock"):
+        if not better(ctx.metric, value, best_other_value(ctx.study, number)):
+            return False
+        current = exported_value(target, ctx.name)
+        if current is not None and not better(ctx.metric, value, current):
+            return False
+        state, adapter, adapter_params = merged_for_export(model.module, state, ctx.plugins.adapters.get(params.adapter),
+                                                           ctx.plugins.adapters, params.adapter_params)
+        save_model(str(target), state, source=ctx.plugins.sources.get(params.backbone), adapter=adapter,
+                   adapter_params=adapter_params, classes=ctx.dataset.classes, data_config=model.data_config,
+                   extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
+                          "params": params.as_dict(), **ctx.task.export()})
+    return True
 
 
 def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:

@@ -11,6 +11,8 @@ import dataclasses
 import gc
 import json
 import math
+import os
+import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from . import __version__
 from .config import RunConfig
 from .data import Dataset
 from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError
+from .heartbeat import Heartbeat
 from .progress import Progress
 from .space import Space, TrialParams
 from .tasks import Task, direction
@@ -93,17 +96,54 @@ def resolve_metric(config: RunConfig, name: str, storage: Any, task: str) -> str
 
 
 def open_study(name: str, storage: Any, space: Space, metric: str, seed: int) -> optuna.Study:
-    """Create the study (its direction follows the metric), or load it to add trials."""
+    """Create the study (its direction follows the metric), or load it to add trials.
+
+    Workers on several machines may start at once: a creation race (two creators, or PostgreSQL's
+    schema race) is retried a few times, after which the study simply exists and is loaded.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    resumed = name in existing
-    offset = len(optuna.load_study(study_name=name, storage=storage).trials) if resumed else 0
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction(metric), load_if_exists=True,
-                                sampler=make_sampler(space, seed, offset), pruner=make_pruner(space))
+    for attempt in range(5):
+        try:
+            existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+            resumed = name in existing
+            offset = len(optuna.load_study(study_name=name, storage=storage).trials) if resumed else 0
+            study = optuna.create_study(study_name=name, storage=storage, direction=direction(metric),
+                                        load_if_exists=True, sampler=make_sampler(space, seed, offset),
+                                        pruner=make_pruner(space))
+            break
+        except Exception as exc:  # e.g. IntegrityError from two creators at once
+            if attempt == 4 or "Integrity" not in type(exc).__name__ and "duplicate" not in str(exc).lower():
+                raise
+            time.sleep(0.2 + random.random())
     if not resumed:
         study.set_user_attr("autotl_version", __version__)
         study.set_user_attr("metric", metric)
+    if study.direction.name.lower() != direction(metric):
+        raise ConfigError(f"study {name!r} is a {study.direction.name.lower()} study, but {metric} is "
+                          f"{direction(metric)}d", "pass the study's own --metric or start a new study")
     return study
+
+
+def space_fingerprint(space: Space) -> Dict[str, Any]:
+    """What makes two spaces the same search: the file's knobs, the adapters and backbones, the epochs."""
+    import hashlib
+
+    knobs = [(p.name, p.kind, p.value, p.low, p.high, p.log, p.step, list(p.choices), sorted(p.when.items()),
+              p.optuna_name) for p in space.file.params]
+    text = json.dumps([knobs, sorted(space.backbones), list(space.adapters), space.epochs, space.task], default=str)
+    return {"path": space.file.path, "sha": hashlib.sha256(text.encode()).hexdigest()[:16]}
+
+
+def check_space(study: optuna.Study, space: Space) -> None:
+    """A study is searched with one space: resuming it with another is refused with the way out."""
+    mine = space_fingerprint(space)
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", mine)
+    elif stored.get("sha") != mine["sha"]:
+        raise ConfigError(f"study {study.study_name!r} was searched with another space ({stored.get('path')}, "
+                          f"{stored.get('sha')}); this one is {mine['path']} ({mine['sha']})",
+                          "pass the same --space, --backbones and --epochs, or start a new --study")
 
 
 def _json(value: Any) -> Any:
@@ -170,6 +210,9 @@ class TrialRunner:
 
         start = time.perf_counter()
         model = result = None
+        trial.set_user_attr("pid", os.getpid())
+        beat = Heartbeat(trial.study, trial._trial_id)
+        beat.__enter__()
         try:
             params = self.space.suggest(trial)
             trial.set_user_attr("backbone", params.backbone)
@@ -225,6 +268,9 @@ class TrialRunner:
             return value
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         except Exception as exc:
             if _is_oom(exc):
                 retried = trial.user_attrs.get("oom_retry")
@@ -235,6 +281,7 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", reason[:2000])
             raise
         finally:
+            beat.__exit__(None, None, None)
             trial.set_user_attr("seconds", round(time.perf_counter() - start, 3))
             del model, result
             gc.collect()
@@ -276,17 +323,18 @@ def best_other_value(study: optuna.Study, number: int) -> Optional[float]:
     return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
 
 
-def run_trials(study: optuna.Study, runner: TrialRunner, config: RunConfig,
-               on_trial: Callable[[TrialRecord], None]) -> None:
-    """``study.optimize`` with autotl's callbacks; failed trials are caught and the search goes on."""
+def run_one_trial(study: optuna.Study, runner: "TrialRunner", on_trial: Callable[[TrialRecord], None],
+                  deadline: Optional[float] = None) -> None:
+    """One trial through ``study.optimize``; a failed trial is recorded and the search goes on."""
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
         on_trial(trial_record(study.study_name, frozen, study.direction == optuna.study.StudyDirection.MAXIMIZE))
 
+    timeout = max(0.0, deadline - time.time()) if deadline is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.optimize(runner, n_trials=config.n_trials, timeout=config.timeout, catch=(Exception,),
-                       callbacks=[callback], gc_after_trial=False)
+        study.optimize(runner, n_trials=1, timeout=timeout, catch=(Exception,), callbacks=[callback],
+                       gc_after_trial=False)
 
 
 def records(study: optuna.Study) -> List[TrialRecord]:

@@ -1,0 +1,251 @@
+"""One search, end to end: prepare the study, run its trials here or in worker processes, write the run folder.
+
+A search is one Optuna study. Every worker, whether one of ``--workers N`` processes on this machine or
+an ``autotl search`` on another machine with the same ``--storage`` and ``--study``, runs trials
+until the study holds its budget; the storage is the only thing they share (plus the artifact folder,
+where ``best/`` is written under a lock). The process that started the search then scores the test
+split, writes ``summary.json``, ``trials.csv`` and the report.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import optuna
+
+from .config import RunConfig
+from .types import RunResult, TrialRecord
+
+
+@dataclass
+class SearchContext:
+    """Everything a worker needs, built from a :class:`RunConfig`."""
+
+    config: RunConfig
+    plugins: Any
+    space: Any
+    dataset: Any
+    task: Any
+    device: Any
+    name: str
+    out_dir: Path
+    artifacts: Path
+    storage: Any
+    metric: str
+    study: optuna.Study
+
+
+def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = True) -> SearchContext:
+    """Load plugins, space and data; open (or create) the study; queue the first trials on a new study."""
+    import timm  # noqa: F401  (loaded here, so the first trial's time is its own)
+
+    from .api import load_plugins
+    from .data import load_dataset
+    from .defaults import enqueue_default_trials
+    from .space import load_space_file, resolve_space
+    from .study import check_space, make_storage, open_study, resolve_metric
+    from .tasks import make_task
+    from .trainer import resolve_device
+
+    plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
+    space_file = load_space_file(config.space)
+    dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction, task=config.task)
+    space = resolve_space(space_file, plugins, config.backbones, config.epochs, task=dataset.task)
+    name = config.study_name()
+    out_dir = config.out_dir(name)
+    artifacts = Path(config.artifacts) if config.artifacts else out_dir
+    storage = make_storage(config.storage, out_dir)
+    metric = resolve_metric(config, name, storage, dataset.task)
+    study = open_study(name, storage, space, metric, config.seed)
+    check_space(study, space)
+    if create:
+        enqueue_default_trials(study, space, plugins, config.default_trials)
+        if "dataset" not in study.user_attrs:
+            study.set_user_attr("dataset", dataset.describe())
+        study.set_user_attr("run_dir", str(out_dir.resolve()))
+        study.set_user_attr("artifacts", str(artifacts.resolve()))
+        study.set_user_attr("budget", {"trials": config.n_trials, "timeout": config.timeout, "epochs": space.epochs,
+                                       "space": space.file.path, "backbones": list(space.backbones),
+                                       "workers": config.workers})
+    return SearchContext(config=config, plugins=plugins, space=space, dataset=dataset,
+                         task=make_task(dataset.task, dataset.train.labels),
+                         device=resolve_device(device or config.device), name=name, out_dir=out_dir,
+                         artifacts=artifacts, storage=storage, metric=metric, study=study)
+
+
+def started_trials(study: optuna.Study) -> int:
+    """Trials that have started or finished (queued ones are still to come)."""
+    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def run_here(ctx: SearchContext, *, target: Optional[int], deadline: Optional[float], progress: Any,
+             on_trial: Optional[Callable[[TrialRecord], None]] = None) -> None:
+    """Run trials in this process until the study has started ``target`` trials or the deadline passes."""
+    from .export import save_best
+    from .features import FeatureCache
+    from .heartbeat import reap_stale_trials
+    from .study import TrialRunner, best_other_value, run_one_trial
+    from .tensors import TensorCache
+
+    study, config = ctx.study, ctx.config
+
+    def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
+        if state is not None:
+            save_best(ctx, number, value, params, model, state)
+
+    def trial_done(record: TrialRecord) -> None:
+        ctx.plugins.trial_finished(record)
+        progress.trial_finished(record, best_other_value(study, -1))
+        if on_trial is not None:
+            try:
+                on_trial(record)
+            except Exception as exc:  # a progress callback never stops the search
+                warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
+
+    features = (FeatureCache(config.feature_cache_mb, spill_dir=ctx.out_dir / "feature_cache")
+                if config.feature_cache else None)
+    runner = TrialRunner(config=config, space=ctx.space, dataset=ctx.dataset, task=ctx.task, metric=ctx.metric,
+                         plugins=ctx.plugins, device=ctx.device, tensors=TensorCache(ctx.task), on_best=on_best,
+                         progress=progress, features=features)
+    while (target is None or started_trials(study) < target) and (deadline is None or time.time() < deadline):
+        reap_stale_trials(study)
+        run_one_trial(study, runner, trial_done, deadline)
+
+
+def _worker_main(config: RunConfig, index: int, device: str, threads: int, target: Optional[int],
+                 deadline: Optional[float]) -> None:
+    """A worker process: its own share of the CPU (or its own device), the same study."""
+    import torch
+
+    from .progress import Progress
+
+    torch.set_num_threads(max(1, threads))
+    warnings.filterwarnings("ignore", module="timm")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    ctx = prepare(config, device=device, create=False)
+    run_here(ctx, target=target, deadline=deadline, progress=Progress())
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_workers(ctx: SearchContext, *, target: Optional[int], deadline: Optional[float], progress: Any) -> None:
+    """``--workers N``: N processes on this machine, each with its device (or its share of the CPU
+    threads); this process shows the study's progress from the storage until they are done."""
+    from .study import trial_record
+
+    config = ctx.config
+    devices = [d.strip() for d in (config.devices or "").split(",") if d.strip()] or [config.device]
+    threads = max(1, _cpus() // config.workers)
+    mp = multiprocessing.get_context("spawn")
+    worker_config = replace(config, study=ctx.name, out=str(ctx.out_dir), default_trials=0, workers=1)
+    procs = [mp.Process(target=_worker_main, args=(worker_config, i, devices[i % len(devices)], threads, target,
+                                                   deadline), name=f"autotl-worker-{i}", daemon=False)
+             for i in range(config.workers)]
+    for p in procs:
+        p.start()
+    maximize = ctx.study.direction == optuna.study.StudyDirection.MAXIMIZE
+    seen = {t.number for t in ctx.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    try:
+        while True:
+            alive = any(p.is_alive() for p in procs)
+            for t in ctx.study.get_trials(deepcopy=False):
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    from .study import best_other_value
+
+                    progress.trial_finished(trial_record(ctx.name, t, maximize), best_other_value(ctx.study, -1))
+            if not alive:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    failed = [p.name for p in procs if p.exitcode not in (0, None)]
+    if failed:
+        warnings.warn(f"{len(failed)} worker(s) exited with an error ({', '.join(failed)}); the study keeps every "
+                      "finished trial", stacklevel=2)
+
+
+def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResult:
+    """Score the best trial on the test split; write summary.json, trials.csv and the report."""
+    from .report import collect_facts, mask_url, write_report
+    from .runfolder import score_test_split, summarize, write_run_folder
+    from .study import records, storage_label
+    from .tasks import direction
+
+    study, config = ctx.study, ctx.config
+    all_records = records(study)
+    test = (score_test_split(study, ctx.artifacts, ctx.dataset, ctx.device, ctx.plugins, ctx.task)
+            if not interrupted else None)
+    label = mask_url(storage_label(config.storage, ctx.out_dir))
+    summary = summarize(study, all_records, out_dir=ctx.artifacts, metric=ctx.metric,
+                        elapsed_s=time.perf_counter() - started, test=test,
+                        extra={"dataset": ctx.dataset.describe(), "device": str(ctx.device),
+                               "space": ctx.space.file.path, "storage": label, "out_dir": str(ctx.out_dir),
+                               "artifacts": str(ctx.artifacts), "workers": config.workers})
+    write_run_folder(ctx.out_dir, summary, all_records)
+    facts = collect_facts(study, run_dir=ctx.artifacts)
+    if config.report:
+        try:
+            write_report(study, ctx.out_dir, facts=facts)
+        except Exception as exc:  # a report problem never loses the finished search
+            warnings.warn(f"could not write the report: {type(exc).__name__}: {exc}; "
+                          f"retry with `autotl report {ctx.out_dir}`", stacklevel=2)
+    result = RunResult(study=ctx.name, out_dir=str(ctx.out_dir), storage=label, metric=ctx.metric,
+                       direction=direction(ctx.metric), summary=summary, trials=all_records, report=facts)
+    ctx.plugins.search_finished(result)
+    return result
+
+
+def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,
+               progress: Any = None) -> RunResult:
+    """Prepare, run the trials (here, or in ``config.workers`` processes), and finish."""
+    from .progress import Progress
+
+    started = time.perf_counter()
+    progress = progress if progress is not None else Progress()
+    ctx = prepare(config)
+    target = started_trials(ctx.study) + config.n_trials if config.n_trials is not None else None
+    deadline = time.time() + config.timeout if config.timeout else None
+    interrupted = False
+    progress.search_started(config.n_trials, config.timeout)
+    try:
+        if config.workers > 1:
+            run_workers(ctx, target=target, deadline=deadline, progress=progress)
+        else:
+            run_here(ctx, target=target, deadline=deadline, progress=progress, on_trial=on_trial)
+    except KeyboardInterrupt:
+        interrupted = True
+        mark_interrupted(ctx.study)
+    finally:
+        progress.search_finished()
+    result = finish(ctx, started=started, interrupted=interrupted)
+    if interrupted:
+        raise KeyboardInterrupt
+    return result
+
+
+def mark_interrupted(study: optuna.Study) -> List[int]:
+    """After Ctrl-C: the trials this search left RUNNING are failed with the reason ``interrupted``."""
+    marked = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("pid") not in (None, os.getpid()):
+            continue  # another worker's trial: still running
+        try:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
+            marked.append(t.number)
+        except Exception:
+            pass
+    return marked
