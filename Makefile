@@ -26,7 +26,7 @@ browser:
 	    || echo "warning: could not install chromium; the browser test will fail"; }
 
 test: setup browser
-	AUTOTL_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -ra
+	AUTOTL_REQUIRE_BROWSER=1 AUTOTL_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -q -ra
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -243,8 +243,8 @@ def mark_interrupted(study: optuna.Study) -> List[int]:
         if t.user_attrs.get("pid") not in (None, os.getpid()):
             continue  # another worker's trial: still running
         try:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             marked.append(t.number)
         except Exception:
             pass

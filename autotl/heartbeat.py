@@ -82,13 +82,14 @@ def reap_stale_trials(study: optuna.Study, grace: Optional[float] = None,
         silent = now - _last_sign_of_life(t)
         if silent < grace:
             continue
-        try:
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        except Exception:  # another worker got there first
-            continue
         reason = (f"stale: its worker stopped responding (no heartbeat for {silent:.0f} s); "
                   f"{'retried' if t.user_attrs.get('retries', 0) < max_retries else 'not retried: retry cap reached'}")
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+        try:  # the reason first: a finished trial's attributes can no longer change
+            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", reason)
+            if not study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
+                continue
+        except Exception:  # another worker got there first
+            continue
         reaped.append(t.number)
         retries = int(t.user_attrs.get("retries", 0))
         if retries < max_retries and t.params:

@@ -165,8 +165,11 @@ def _elapsed(study: optuna.Study) -> Optional[float]:
 def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storage: Optional[str] = None) -> Dict[str, Any]:
     """The report's facts for ``study``; ``run_dir`` (default: the study's own) locates ``best/``."""
     attrs = study.user_attrs
-    if run_dir is None and attrs.get("run_dir") and Path(attrs["run_dir"]).is_dir():
-        run_dir = Path(attrs["run_dir"])
+    if run_dir is None:  # best/ lives in the artifact folder, which defaults to the run folder
+        for key in ("artifacts", "run_dir"):
+            if attrs.get(key) and Path(attrs[key]).is_dir():
+                run_dir = Path(attrs[key])
+                break
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     all_trials = study.get_trials(deepcopy=False)
     records = [trial_record(study.study_name, t, maximize) for t in all_trials]

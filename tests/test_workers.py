@@ -1,0 +1,152 @@
+"""Many workers on one study (PostgreSQL and the embedded journal), a worker killed with -9 and
+restarted, and a study read back from another folder through its storage and artifact folder."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+import autotl
+import autotl.study
+from autotl.cli import main
+
+PG = os.environ.get("AUTOTL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+SPACE = "epochs: {epochs}\npruner: none\nparams:\n  freeze_depth: 1.0\n  batch_size: 16\n  head_lr: {{low: 1.0e-3, high: 1.0e-2, log: true}}\n"
+
+
+def space_file(tmp_path, epochs=1):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE.format(epochs=epochs))
+    return path
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database on the machine's server, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(f"{PG}/test", connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") or os.environ.get("AUTOTL_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    name = f"autotl_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{PG}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.close()
+
+
+def check_every_trial_once(study, at_least):
+    numbers = [t.number for t in study.trials]
+    assert numbers == list(range(len(numbers))) and len(numbers) >= at_least  # no duplicates, none lost
+    assert all(t.state.is_finished() for t in study.trials)
+    assert {t.state for t in study.trials} <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    return {t.user_attrs["pid"] for t in study.trials}
+
+
+@pytest.mark.slow
+def test_four_workers_share_one_postgresql_study(pg_database, split_folder, tmp_path):
+    result = autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=40,
+                           workers=4, device="cpu", out=str(tmp_path / "run"), storage=pg_database, study="pg4",
+                           report=False, default_trials=0)
+    study = optuna.load_study(study_name="pg4", storage=pg_database)
+    pids = check_every_trial_once(study, 40)
+    assert len(pids) >= 2 and os.getpid() not in pids  # the trials ran in the worker processes
+    assert sum(result.summary["trials"].values()) == len(study.trials)
+    assert "***" not in result.summary["storage"] or ":" in result.summary["storage"]
+    assert autotl.predict(str(tmp_path / "run"), [str(split_folder / "test")], device="cpu")
+
+
+@pytest.mark.slow
+def test_four_workers_share_the_embedded_journal(split_folder, tmp_path):
+    autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=40, workers=4,
+                  device="cpu", out=str(tmp_path / "run"), study="j4", report=False, default_trials=0)
+    study = optuna.load_study(study_name="j4", storage=autotl.study.make_storage(None, tmp_path / "run"))
+    pids = check_every_trial_once(study, 40)
+    assert len(pids) >= 2
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_reaped_and_its_trial_retried(split_folder, tmp_path):
+    out = tmp_path / "run"
+    space = space_file(tmp_path, epochs=40)
+    cmd = [sys.executable, "-m", "autotl", "search", str(split_folder), "--space", str(space), "--backbones",
+           "timm/test_vit", "--device", "cpu", "--out", str(out), "--study", "k9", "--quiet", "--no-report",
+           "--default-trials", "0"]
+    env = {**os.environ, "AUTOTL_HEARTBEAT_S": "0.5", "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen(cmd + ["--trials", "50"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    storage = autotl.study.make_storage(None, out)
+    deadline = time.time() + 240
+    study = None
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name="k9", storage=storage)
+        except KeyError:
+            continue
+        states = [t.state for t in study.trials]
+        if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and states[-1] == optuna.trial.TrialState.RUNNING:
+            break
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    before = {t.number: t.value for t in optuna.load_study(study_name="k9", storage=storage).trials
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    running = [t.number for t in optuna.load_study(study_name="k9", storage=storage).trials
+               if t.state == optuna.trial.TrialState.RUNNING]
+    assert len(before) >= 2 and len(running) == 1
+    time.sleep(2.0)  # longer than the grace period (3 heartbeats)
+    proc = subprocess.run(cmd + ["--trials", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = optuna.load_study(study_name="k9", storage=storage).trials
+    stale = trials[running[0]]
+    assert stale.state == optuna.trial.TrialState.FAIL
+    assert stale.user_attrs["fail_reason"].startswith("stale: its worker stopped responding")
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == running[0]]
+    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert retry[0].params == stale.params
+    assert {t.number: t.value for t in trials if t.number in before} == before  # nothing finished was lost
+    rows = autotl.predict(str(out), [str(split_folder / "test")], device="cpu")  # best/ intact and loadable
+    assert len(rows) == 18
+
+
+def test_report_and_predict_from_elsewhere_with_only_the_storage_and_artifacts(split_folder, tmp_path, monkeypatch,
+                                                                              capsys):
+    url = f"sqlite:///{tmp_path / 'shared' / 'studies.db'}"
+    (tmp_path / "shared").mkdir()
+    artifacts = tmp_path / "shared" / "artifacts"
+    autotl.search(str(split_folder), space=str(space_file(tmp_path, epochs=2)), backbones="timm/test_vit", trials=2,
+                  device="cpu", out=str(tmp_path / "run"), storage=url, study="far", artifacts=str(artifacts),
+                  report=False, default_trials=0)
+    assert (artifacts / "best" / "model.safetensors").is_file() and not (tmp_path / "run" / "best").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["report", "--storage", url, "--study", "far", "--out", "report"]) == 0
+    facts = json.loads((elsewhere / "report" / "report.json").read_text())
+    assert facts["best"]["model_dir"] == str((artifacts / "best").resolve())
+    assert main(["predict", str(artifacts), str(split_folder / "test" / "cat")]) == 0
+    assert "cat_0.png" in capsys.readouterr().out
+
+
+def test_resuming_with_another_space_is_refused(split_folder, tmp_path, capsys):
+    args = ["search", str(split_folder), "--backbones", "timm/test_vit", "--trials", "1", "--device", "cpu",
+            "--out", str(tmp_path / "run"), "--study", "same", "--no-report", "--default-trials", "0"]
+    assert main(args + ["--space", str(space_file(tmp_path, epochs=1))]) == 0
+    assert main(args + ["--space", "quick", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "error: study 'same' was searched with another space (space.yaml" in err.replace(str(tmp_path) + "/", "")
+    assert "pass the same --space, --backbones and --epochs, or start a new --study" in err
