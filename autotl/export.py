@@ -164,11 +164,11 @@ def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:
 
 
 def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Rebuild the saved model and load its weights."""
-    from safetensors.torch import load_file
+    """Rebuild the saved model and load its weights (through safetensors only)."""
+    from .checkpoints import read_weights
 
     folder, config = read_config(model_dir)
-    state = load_file(str(folder / WEIGHTS_NAME))
+    state = read_weights(str(folder / WEIGHTS_NAME))
     if config.get("format") == "timm":
         module = _plain_timm(config["architecture"], int(config["num_classes"]), config.get("model_kwargs") or {})
     else:

@@ -149,6 +149,16 @@ def _register(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
                           "check the hook name against docs/plugins.md") from exc
 
 
+def check_not_world_writable(folder: Path) -> None:
+    """Refuse a plugins folder that any user may write to: its files run as code in this process."""
+    import stat
+
+    mode = folder.stat().st_mode
+    if mode & stat.S_IWOTH:
+        raise PluginError(f"plugins folder {str(folder)!r} is writable by every user, so anyone could add code "
+                          "to this run", f"restrict it (chmod o-w {folder}) or load plugins by path with --plugin")
+
+
 def get_plugin_manager(
     plugins: Sequence[str] = (),
     plugins_dir: Optional[str] = None,
@@ -198,6 +208,7 @@ def get_plugin_manager(
         folder = Path(plugins_dir)
         if not folder.is_dir():
             raise PluginError(f"plugins folder {plugins_dir!r} does not exist", "check the path given to --plugins-dir")
+        check_not_world_writable(folder)
         specs += [str(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
     for spec in specs:
         name = Path(spec).stem if spec.endswith(".py") else spec

@@ -22,13 +22,16 @@ TEST_ATTR = "test_scores"
 CONFIG_NAME = "config.json"  # in best/: how to rebuild the model (see autotl.export)
 
 
-def best_model_trial(out_dir: Path) -> Optional[int]:
-    """The trial whose weights ``best/`` holds, if any."""
+def best_model_trial(out_dir: Path, study: Optional[str] = None) -> Optional[int]:
+    """The trial whose weights ``best/`` holds, if any (and if it belongs to ``study``, when given)."""
     path = out_dir / BEST_DIR / CONFIG_NAME
     if not path.is_file():
         return None
     try:
-        return int(json.loads(path.read_text()).get("trial"))
+        config = json.loads(path.read_text())
+        if study is not None and config.get("study") not in (None, study):
+            return None
+        return int(config.get("trial"))
     except (ValueError, TypeError, json.JSONDecodeError):
         return None
 
@@ -42,7 +45,7 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
         best = study.best_trial
     except ValueError:
         return None
-    if best_model_trial(out_dir) != best.number:
+    if best_model_trial(out_dir, study.study_name) != best.number:
         return None
     cached = study.user_attrs.get(TEST_ATTR, {})
     if str(best.number) in cached:
@@ -70,7 +73,7 @@ def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path,
     if complete:
         best = study.best_trial
         rec = next(r for r in complete if r.number == best.number)
-        has_model = best_model_trial(out_dir) == best.number
+        has_model = best_model_trial(out_dir, study.study_name) == best.number
         best_entry = {
             "trial": best.number, "value": best.value, "params": dict(rec.params), "backbone": rec.backbone,
             "adapter": rec.adapter, "epochs_run": rec.epochs_run,

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ from .types import TrialRecord
 JOURNAL_NAME = "study.journal"
 
 
+def mask_url(url: Optional[str]) -> Optional[str]:
+    """A storage URL with any password replaced by ``***``: for logs, reports and files."""
+    if not url:
+        return url
+    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", url)
+
+
 def make_storage(url: Optional[str], out_dir: Path) -> Any:
     """The study's storage: a journal file in the run folder, or any Optuna storage URL."""
     from optuna.storages import JournalStorage
@@ -49,7 +57,8 @@ def make_storage(url: Optional[str], out_dir: Path) -> Any:
     try:
         return optuna.storages.get_storage(url)
     except Exception as exc:
-        raise UsageError(f"cannot open storage {url!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+        detail = mask_url(" ".join(str(exc).split(" (Background on this error")[0].split()))[:300]
+        raise UsageError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {detail}",
                          "check the URL (e.g. sqlite:///study.db or postgresql://host/db) and that the server runs") from exc
 
 

@@ -84,7 +84,7 @@ def main(argv: List[str] | None = None) -> None:
                                  batch_size=32, warmup_epochs=0, label_smoothing=0.0)
             times = {"uncached": [], "cold": [], "warm": []}
             curves = {}
-            used = ""
+            used, warm = "", None  # the cold run's cache, which the warm run reuses
             for _ in range(args.repeats):
                 for mode in ("uncached", "cold", "warm"):
                     cache = None if mode == "uncached" else (FeatureCache(4096) if mode == "cold" else warm)

@@ -37,7 +37,6 @@ printed; every run's numbers are also written to ``<work>/results.json``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import shutil
@@ -45,7 +44,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import _common
 
@@ -231,10 +230,10 @@ def fixed_recipe(name: str) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------- library support
 
 def library_enqueues_defaults() -> bool:
-    """Whether this autotl acts on ``default_trials`` (RunConfig may accept the option before the search uses it)."""
-    from autotl import api, study
+    """Whether this autotl queues the default recipe itself (``autotl.defaults.enqueue_default_trials``)."""
+    import importlib.util
 
-    return any("default_trials" in inspect.getsource(m) for m in (api, study))
+    return importlib.util.find_spec("autotl.defaults") is not None
 
 
 def default_recipe_params(space: str, backbones: Sequence[str], k: int) -> List[Dict[str, Any]]:

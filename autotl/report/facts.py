@@ -7,7 +7,6 @@ while workers are still adding trials, and it always agrees with the storage.
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import statistics
 import warnings
 from pathlib import Path
@@ -17,7 +16,7 @@ import optuna
 
 from .. import __version__
 from ..runfolder import BEST_DIR, TEST_ATTR, best_model_trial
-from ..study import trial_record
+from ..study import mask_url, trial_record
 from ..types import TrialRecord
 
 #: Columns of the leaderboard besides the params listed under "other".
@@ -26,13 +25,6 @@ LEADING_PARAMS = ("backbone", "adapter", "freeze_depth", "head_lr")
 BACKBONE_LR_PARAMS = ("backbone_lr", "backbone_lr_mult", "layer_decay")
 #: Optuna's importance evaluators the report runs, by the name the report shows.
 IMPORTANCE_EVALUATORS = ("PED-ANOVA", "fANOVA")
-
-
-def mask_url(url: Optional[str]) -> Optional[str]:
-    """A storage URL with any password replaced by ``***``."""
-    if not url:
-        return url
-    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", url)
 
 
 def _iso(value: Optional[_dt.datetime]) -> Optional[str]:
@@ -103,7 +95,7 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
         details = None
     matrix = details.get("matrix") if details and details.get("kind") == "confusion" else None
     model_dir = None
-    if run_dir is not None and best_model_trial(run_dir) == trial.number:
+    if run_dir is not None and best_model_trial(run_dir, study.study_name) == trial.number:
         model_dir = str((run_dir / BEST_DIR).resolve())
     return {"trial": trial.number, "backbone": top["backbone"], "adapter": top["adapter"], "params": top["params"],
             "val": {study.user_attrs.get("metric", "value"): top["value"]},

@@ -14,6 +14,8 @@ from pathlib import Path
 from autotl import SourceModel, hookimpl
 
 SIDE_CAR_KEYS = ("architecture", "num_classes")
+#: Weights beside a sidecar, in order of preference; torch files are read with weights_only=True.
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
 
 def zoo_source(sidecar: Path) -> SourceModel:
@@ -22,16 +24,19 @@ def zoo_source(sidecar: Path) -> SourceModel:
     missing = [k for k in SIDE_CAR_KEYS if k not in meta]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    weights = sidecar.with_suffix(".safetensors")
-    if not weights.is_file():
-        raise ValueError(f"no weights file {weights.name}")
+    weights = next((sidecar.with_suffix(s) for s in WEIGHT_SUFFIXES if sidecar.with_suffix(s).is_file()), None)
+    if weights is None:
+        raise ValueError(f"no weights file {sidecar.stem}.safetensors")
     arch, kwargs, n = meta["architecture"], dict(meta.get("model_kwargs") or {}), int(meta["num_classes"])
 
     def build():
         import timm
 
-        return timm.create_model(arch, pretrained=True, num_classes=n, **kwargs,
-                                 pretrained_cfg_overlay=dict(file=str(weights), num_classes=n))
+        from autotl.checkpoints import read_weights
+
+        net = timm.create_model(arch, pretrained=False, num_classes=n, **kwargs)
+        net.load_state_dict(read_weights(str(weights)))  # safetensors, or a torch file of tensors only
+        return net
 
     def build_untrained():
         import timm
