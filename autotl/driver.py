@@ -53,6 +53,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     from .trainer import resolve_device
 
     plugins = load_plugins(config.plugins, config.plugins_dir, config.zoo, config.blocked_plugins)
+    config = replace(config, study=config.study or previous_study(config))
     space_file = load_space_file(config.space)
     dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction, task=config.task)
     space = resolve_space(space_file, plugins, config.backbones, config.epochs, task=dataset.task)
@@ -76,6 +77,20 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
                          task=make_task(dataset.task, dataset.train.labels),
                          device=resolve_device(device or config.device), name=name, out_dir=out_dir,
                          artifacts=artifacts, storage=storage, metric=metric, study=study)
+
+
+def previous_study(config: RunConfig) -> Optional[str]:
+    """The study an earlier search left in ``--out``, so that running the same command again resumes it."""
+    import json
+
+    from .runfolder import SUMMARY_NAME
+
+    if not config.out:
+        return None
+    try:
+        return json.loads((Path(config.out) / SUMMARY_NAME).read_text()).get("study")
+    except (OSError, ValueError):
+        return None
 
 
 def started_trials(study: optuna.Study) -> int:

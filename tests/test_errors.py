@@ -186,3 +186,13 @@ def test_every_row_of_the_matrix_names_a_test_that_exists():
         file, _, name = ref.partition("::")
         assert file in sources, row
         assert f"def {name.split('[')[0]}(" in sources[file], row
+
+
+def test_the_same_command_again_resumes_its_study(split_folder, tmp_path, capsys):
+    args = ["search", str(split_folder), "--space", "quick", "--backbones", "timm/test_vit", "--trials", "1",
+            "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-report", "--default-trials", "0"]
+    assert main(args) == 0 and main(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert sum(summary["trials"].values()) == 2
+    assert [s.study_name for s in optuna.get_all_study_summaries(autotl.study.make_storage(None, tmp_path / "run"))] \
+        == [summary["study"]]
