@@ -202,7 +202,8 @@ class TrialRunner:
     def _fit(self, trial: optuna.Trial, model: Any, params: TrialParams) -> Any:
         from .trainer import fit
 
-        train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation)
+        train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation,
+                                   pin_memory=self.device.type == "cuda")
         val = self.tensors.get(self.dataset.val, model.data_config)
         epochs = self.space.epochs
         reporter = _Unprunable(trial) if trial.user_attrs.get("origin") == "default recipe" else trial

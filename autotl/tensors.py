@@ -85,7 +85,8 @@ class AugmentedSet:
         ``torch``; worker processes are seeded from torch's generator)."""
         workers = loader_workers(len(self.images)) if self.workers is None else self.workers
         if workers == 0:
-            return torch.stack([self.transform(img) for img in self.images]).contiguous()
+            x = torch.stack([self.transform(img) for img in self.images]).contiguous()
+            return x.pin_memory() if self.pin_memory else x
         loader = torch.utils.data.DataLoader(_Transformed(self.images, self.transform), batch_size=256,
                                              shuffle=False, num_workers=workers, pin_memory=self.pin_memory)
         return torch.cat(list(loader)).contiguous()
@@ -133,9 +134,10 @@ class TensorCache:
             self._cache[key] = to_tensors(image_set.images, image_set.labels, data_config, self.task)
         return self._cache[key]
 
-    def train(self, image_set: Any, data_config: Mapping[str, Any], augmentation: str) -> Any:
-        """The training split: cached tensors, or an :class:`AugmentedSet` when the trial augments."""
+    def train(self, image_set: Any, data_config: Mapping[str, Any], augmentation: str, pin_memory: bool = False) -> Any:
+        """The training split: cached tensors, or an :class:`AugmentedSet` when the trial augments
+        (its epochs then come in pinned memory for a GPU, when ``pin_memory``)."""
         plain = self.get(image_set, data_config)
         transform = train_transform(data_config, augmentation)
         return plain if transform is None else AugmentedSet(images=tuple(image_set.images), y=plain.y,
-                                                            transform=transform)
+                                                            transform=transform, pin_memory=pin_memory)
