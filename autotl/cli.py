@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", metavar="DEV[,DEV]", help="one device per worker in turn, e.g. cuda:0,cuda:1")
     s.add_argument("--artifacts", metavar="DIR", help="where best/ is written (default: the run folder); "
                                                       "give workers on several machines one shared folder")
+    s.add_argument("--keep-top", type=_positive_int, default=1, metavar="K",
+                   help="models kept in the artifact folder: best/, and with K > 1 also top/trial-N/ for the K best")
     s.add_argument("--default-trials", type=int, default=3, metavar="K",
                    help="first trials: the default recipe on the K leading backbones (default 3; 0 disables)")
 
@@ -130,7 +132,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
-                    artifacts=args.artifacts,
+                    artifacts=args.artifacts, keep_top=args.keep_top,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
     print("\n" + format_leaderboard(result.report, args.top))

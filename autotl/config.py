@@ -55,6 +55,7 @@ class RunConfig:
     workers: int = 1  # worker processes on this machine
     devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
     artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
+    keep_top: int = 1  # models kept in the artifact folder: best/, plus top/trial-N/ for the next best ones
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
@@ -67,6 +68,8 @@ class RunConfig:
                "an int >= 0 (megabytes)", self.feature_cache_mb)
         _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
+        _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,
+               "keep_top", "an int >= 1", self.keep_top)
         _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 256,
                "workers", "an int from 1 to 256", self.workers)
         _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),

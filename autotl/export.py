@@ -23,6 +23,7 @@ from .runfolder import CONFIG_NAME  # one name for best/'s config, shared with t
 from .types import SourceModel, TargetAdapter
 
 WEIGHTS_NAME = "model.safetensors"
+TOP_DIR = "top"  # <artifacts>/top/trial-N/: the next best models, with --keep-top K > 1
 
 
 def _plain_timm(architecture: str, num_classes: int, model_kwargs: Mapping[str, Any]):
@@ -135,19 +136,49 @@ def save_best(ctx: Any, number: int, value: float, params: Any, model: Any, stat
     from .tasks import better
 
     target = ctx.artifacts / BEST_DIR
+    keep = int(getattr(ctx.config, "keep_top", 1))
     with folder_lock(ctx.artifacts / ".best.lock"):
-        if not better(ctx.metric, value, best_other_value(ctx.study, number)):
-            return False
+        is_best = better(ctx.metric, value, best_other_value(ctx.study, number))
         current = exported_value(target, ctx.name)
-        if current is not None and not better(ctx.metric, value, current):
+        is_best = is_best and (current is None or better(ctx.metric, value, current))
+        in_top = keep > 1 and _rank(ctx, number, value) < keep
+        if not (is_best or in_top):
             return False
         state, adapter, adapter_params = merged_for_export(model.module, state, ctx.plugins.adapters.get(params.adapter),
                                                            ctx.plugins.adapters, params.adapter_params)
-        save_model(str(target), state, source=ctx.plugins.sources.get(params.backbone), adapter=adapter,
-                   adapter_params=adapter_params, classes=ctx.dataset.classes, data_config=model.data_config,
-                   extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
-                          "params": params.as_dict(), **ctx.task.export()})
-    return True
+        write = dict(source=ctx.plugins.sources.get(params.backbone), adapter=adapter, adapter_params=adapter_params,
+                     classes=ctx.dataset.classes, data_config=model.data_config,
+                     extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
+                            "params": params.as_dict(), **ctx.task.export()})
+        if in_top:
+            save_model(str(ctx.artifacts / TOP_DIR / f"trial-{number}"), state, **write)
+            _trim_top(ctx, keep)
+        if is_best:
+            save_model(str(target), state, **write)
+    return is_best
+
+
+def _rank(ctx: Any, number: int, value: float) -> int:
+    """How many finished trials of the study beat this one."""
+    import optuna
+
+    from .tasks import better
+
+    others = [t.value for t in ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.number != number and t.value is not None]
+    return sum(better(ctx.metric, v, value) for v in others)
+
+
+def _trim_top(ctx: Any, keep: int) -> None:
+    """Keep the ``keep`` best models under ``top/``; the disk holds no more than that."""
+    from .tasks import METRICS
+
+    folder = ctx.artifacts / TOP_DIR
+    entries = [(exported_value(d, ctx.name), d) for d in folder.glob("trial-*") if d.is_dir()]
+    entries = [(v, d) for v, d in entries if v is not None]
+    entries.sort(key=lambda e: e[0], reverse=METRICS[ctx.metric] == "maximize")
+    for _, d in entries[keep:]:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:

@@ -150,3 +150,20 @@ def test_resuming_with_another_space_is_refused(split_folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: study 'same' was searched with another space (space.yaml" in err.replace(str(tmp_path) + "/", "")
     assert "pass the same --space, --backbones and --epochs, or start a new --study" in err
+
+
+def test_keep_top_holds_exactly_the_k_best_models(split_folder, tmp_path):
+    import math
+
+    out = tmp_path / "run"
+    result = autotl.search(str(split_folder), space=str(space_file(tmp_path, epochs=1)), backbones="timm/test_vit",
+                           trials=5, device="cpu", out=str(out), keep_top=2, report=False, default_trials=0, seed=2)
+    study = optuna.load_study(study_name=result.study, storage=autotl.study.make_storage(None, out))
+    kept = sorted(int(p.name.split("-")[1]) for p in (out / "top").iterdir())
+    values = sorted(((t.value, -t.number) for t in study.trials), reverse=True)
+    assert len(kept) == 2
+    kept_values = sorted((study.trials[n].value for n in kept), reverse=True)
+    assert all(math.isclose(a, b) for a, b in zip(kept_values, [v for v, _ in values[:2]]))
+    for n in kept:
+        assert json.loads((out / "top" / f"trial-{n}" / "config.json").read_text())["trial"] == n
+    assert json.loads((out / "best" / "config.json").read_text())["value"] == values[0][0]
