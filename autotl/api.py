@@ -42,6 +42,30 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     return _run(config, on_trial=on_trial, progress=progress)
 
 
+def rank(data: str, *, backbones: Any = None, space: str = "default", out: Optional[str] = None,
+         device: str = "auto", seed: int = 0, plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
+         zoo: Optional[str] = None, blocked: Sequence[str] = ()) -> Any:
+    """Rank source models by transferability to ``data``; returns the Ranking and the rank.json path."""
+    from pathlib import Path
+
+    from .config import dataset_label
+    from .data import load_dataset
+    from .errors import DataError
+    from .ranking import rank_sources, write_ranking
+    from .space import load_space_file, resolve_space
+    from .trainer import resolve_device
+
+    loaded = load_plugins(plugins, plugins_dir, zoo, blocked)
+    globs = tuple(b.strip() for b in backbones.split(",")) if isinstance(backbones, str) else backbones
+    dataset = load_dataset(data, loaded, seed=seed)
+    if dataset.task != "multiclass":
+        raise DataError(f"ranking needs class labels; {data!r} is a {dataset.task} task",
+                        "rank with a multiclass version of the data, or search without ranking")
+    resolved = resolve_space(load_space_file(space), loaded, globs, None, task=dataset.task)
+    result = rank_sources(loaded, dataset, resolved.backbones, resolve_device(device))
+    return result, write_ranking(result, Path(out) if out else Path("runs") / f"rank-{dataset_label(data)}")
+
+
 def list_backbones(plugins: Any) -> List[Dict[str, Any]]:
     """Each registered source model with its plugin, parameter count, input size and layer groups."""
     from .model import describe_source

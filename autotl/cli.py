@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", metavar="DEV[,DEV]", help="one device per worker in turn, e.g. cuda:0,cuda:1")
     s.add_argument("--artifacts", metavar="DIR", help="where best/ is written (default: the run folder); "
                                                       "give workers on several machines one shared folder")
+    s.add_argument("--no-rank", dest="rank", action="store_false",
+                   help="do not rank the backbones by transferability before the search")
+    s.add_argument("--preselect", type=_positive_int, metavar="K", help="search only the K best-ranked backbones")
+    s.add_argument("--warm-start", default="auto", metavar="auto|off|STUDY",
+                   help="start from the best setups of the most similar earlier search (default auto), "
+                        "of the named one, or not at all")
     s.add_argument("--keep-top", type=_positive_int, default=1, metavar="K",
                    help="models kept in the artifact folder: best/, and with K > 1 also top/trial-N/ for the K best")
     s.add_argument("--default-trials", type=int, default=3, metavar="K",
@@ -91,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--study", metavar="NAME", help="the study in the storage (needed when it holds several)")
     rp.add_argument("--out", metavar="DIR", help="where to write the report (default: RUN_DIR, else runs/<study>)")
     rp.add_argument("--top", type=_positive_int, default=10, metavar="K", help="leaderboard rows to print (default 10)")
+
+    k = sub.add_parser("rank", parents=[common], help="rank source models by transferability to DATA",
+                       description="One forward pass per source model over DATA's train split; LogME, k-NN "
+                                   "accuracy and H-score, a combined rank, and the seconds each took.")
+    k.add_argument("data", help="the target data, as for `autotl search`")
+    k.add_argument("--backbones", metavar="GLOB[,GLOB]", help="source models to rank (default: the space's)")
+    k.add_argument("--space", default="default", help="whose backbone list to rank (default: default)")
+    k.add_argument("--out", metavar="DIR", help="where rank.json goes (default runs/rank-<dataset>)")
+    k.add_argument("--device", default="auto")
+    k.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("pretrain", parents=[common], help="train a source model on a source task",
                        description="Train a registered source model on DATA; write weights and a sidecar JSON.")
@@ -132,7 +148,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
-                    artifacts=args.artifacts, keep_top=args.keep_top,
+                    artifacts=args.artifacts, keep_top=args.keep_top, rank=args.rank, preselect=args.preselect,
+                    warm_start=args.warm_start,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))
     print("\n" + format_leaderboard(result.report, args.top))
@@ -155,6 +172,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir, facts = report(args.run_dir, storage=args.storage, study=args.study, out=args.out)
     print(format_leaderboard(facts, args.top))
     print(f"\nReport: {out_dir / HTML_NAME} (and {MARKDOWN_NAME}, report.json)")
+    return 0
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .api import rank
+
+    result, path = rank(args.data, backbones=args.backbones, space=args.space, out=args.out, device=args.device,
+                        seed=args.seed, **_plugin_and_block_kwargs(args))
+    from .ranking import ranking_table
+
+    print(text_table(ranking_table(result), ["rank", "backbone", "logme", "knn", "hscore", "features s",
+                                             "scores s"]))
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"\nWrote {path}")
     return 0
 
 
@@ -200,7 +232,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "report": cmd_report, "pretrain": cmd_pretrain, "predict": cmd_predict, "backbones": cmd_backbones,
+COMMANDS = {"search": cmd_search, "report": cmd_report, "rank": cmd_rank, "pretrain": cmd_pretrain, "predict": cmd_predict, "backbones": cmd_backbones,
             "plugins": cmd_plugins}
 
 

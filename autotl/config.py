@@ -56,6 +56,9 @@ class RunConfig:
     devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
     artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
     keep_top: int = 1  # models kept in the artifact folder: best/, plus top/trial-N/ for the next best ones
+    rank: bool = True  # rank the backbones by transferability first (multiclass), as a prior
+    preselect: Optional[int] = None  # search only the K best-ranked backbones
+    warm_start: str = "auto"  # auto, off, or an earlier study's name in the history
 
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
@@ -70,6 +73,10 @@ class RunConfig:
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
         _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,
                "keep_top", "an int >= 1", self.keep_top)
+        _check(self.preselect is None or (isinstance(self.preselect, int) and not isinstance(self.preselect, bool)
+                                          and self.preselect >= 1), "preselect", "an int >= 1", self.preselect)
+        _check(isinstance(self.warm_start, str) and self.warm_start.strip() != "", "warm_start",
+               "auto, off, or a study name", self.warm_start)
         _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and 1 <= self.workers <= 256,
                "workers", "an int from 1 to 256", self.workers)
         _check(self.timeout is None or (isinstance(self.timeout, (int, float)) and self.timeout > 0),

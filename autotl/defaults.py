@@ -54,24 +54,34 @@ def _adapter_value(spec: ParamSpec) -> Any:
     return _project(spec, None)
 
 
-def recipe_params(space: Space, backbone: str) -> Dict[str, Any]:
-    """The Optuna params that make a trial of ``space`` run the default recipe on ``backbone``."""
-    adapter = "linear" if "linear" in space.adapters else space.adapters[0]
+def project_params(space: Space, backbone: str, wanted: Dict[str, Any]) -> Dict[str, Any]:
+    """The Optuna params of a trial of ``space`` on ``backbone`` that comes as close as the space
+    allows to ``wanted`` (knob values by plain or Optuna name; missing knobs take the recipe's)."""
+    adapter = wanted.get("adapter") if wanted.get("adapter") in space.adapters else (
+        "linear" if "linear" in space.adapters else space.adapters[0])
     sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": space.task}
     out: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
+    plain = {k.split("@", 1)[0]: v for k, v in wanted.items()}
     for spec in space.file.params:
         if spec.name in sampled or not spec.applies(sampled):
             continue
         if spec.kind == "fixed":
             sampled[spec.name] = spec.value
             continue
-        value = _project(spec, DEFAULT_RECIPE.get(spec.name))
+        value = _project(spec, plain.get(spec.name, DEFAULT_RECIPE.get(spec.name)))
         sampled[spec.name] = value
         out[spec.optuna_name or spec.name] = value
     for spec in space.adapter_specs.get(adapter, ()):
         if spec.kind != "fixed" and spec.applies(sampled):
-            out[f"{adapter}.{spec.optuna_name or spec.name}"] = _adapter_value(spec)
+            given = plain.get(f"{adapter}.{spec.name}")
+            out[f"{adapter}.{spec.optuna_name or spec.name}"] = (_project(spec, given) if given is not None
+                                                                 else _adapter_value(spec))
     return out
+
+
+def recipe_params(space: Space, backbone: str) -> Dict[str, Any]:
+    """The Optuna params that make a trial of ``space`` run the default recipe on ``backbone``."""
+    return project_params(space, backbone, {})
 
 
 def leading_backbones(space: Space, plugins: Any, k: int) -> List[str]:

@@ -8,6 +8,7 @@ split, writes ``summary.json``, ``trials.csv`` and the report.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -38,6 +39,9 @@ class SearchContext:
     storage: Any
     metric: str
     study: optuna.Study
+    tensors: Any = None  # the search's TensorCache: preprocessed splits, shared by ranking and trials
+    features: Any = None  # the search's FeatureCache, or None
+    ranking: Any = None  # the transferability Ranking, when one ran
 
 
 def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = True) -> SearchContext:
@@ -47,7 +51,11 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     from .api import load_plugins
     from .data import load_dataset
     from .defaults import enqueue_default_trials
+    from .features import FeatureCache
+    from .history import enqueue_warm_start, meta_features
+    from .ranking import rank_sources, study_ranking, write_ranking
     from .space import load_space_file, resolve_space
+    from .tensors import TensorCache
     from .study import check_space, make_storage, open_study, resolve_metric
     from .tasks import make_task
     from .trainer import resolve_device
@@ -63,9 +71,24 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     storage = make_storage(config.storage, out_dir)
     metric = resolve_metric(config, name, storage, dataset.task)
     study = open_study(name, storage, space, metric, config.seed)
+    task = make_task(dataset.task, dataset.train.labels)
+    dev = resolve_device(device or config.device)
+    tensors = TensorCache(task)
+    features = FeatureCache(config.feature_cache_mb, spill_dir=out_dir / "feature_cache") if config.feature_cache else None
+    ranking = study_ranking(study)
+    if ranking is None and create and config.rank and dataset.task == "multiclass" and len(space.backbones) > 1:
+        ranking = rank_sources(plugins, dataset, space.backbones, dev, tensors, features)
+        study.set_user_attr("ranking", ranking.as_dict())
+        write_ranking(ranking, out_dir)
+    if config.preselect and ranking is not None:
+        space = dataclasses.replace(space, backbones=tuple(b for b in ranking.order if b in space.backbones)[
+            :config.preselect])
     check_space(study, space)
     if create:
-        enqueue_default_trials(study, space, plugins, config.default_trials)
+        leading = [b for b in ranking.order if b in space.backbones] if ranking is not None else None
+        enqueue_default_trials(study, space, plugins, config.default_trials,
+                               backbones=leading[:config.default_trials] if leading else None)
+        enqueue_warm_start(study, space, plugins, config.warm_start, meta_features(dataset, ranking))
         if "dataset" not in study.user_attrs:
             study.set_user_attr("dataset", dataset.describe())
         study.set_user_attr("run_dir", str(out_dir.resolve()))
@@ -73,10 +96,9 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
         study.set_user_attr("budget", {"trials": config.n_trials, "timeout": config.timeout, "epochs": space.epochs,
                                        "space": space.file.path, "backbones": list(space.backbones),
                                        "workers": config.workers})
-    return SearchContext(config=config, plugins=plugins, space=space, dataset=dataset,
-                         task=make_task(dataset.task, dataset.train.labels),
-                         device=resolve_device(device or config.device), name=name, out_dir=out_dir,
-                         artifacts=artifacts, storage=storage, metric=metric, study=study)
+    return SearchContext(config=config, plugins=plugins, space=space, dataset=dataset, task=task, device=dev,
+                         name=name, out_dir=out_dir, artifacts=artifacts, storage=storage, metric=metric, study=study,
+                         tensors=tensors, features=features, ranking=ranking)
 
 
 def previous_study(config: RunConfig) -> Optional[str]:
@@ -102,10 +124,8 @@ def run_here(ctx: SearchContext, *, target: Optional[int], deadline: Optional[fl
              on_trial: Optional[Callable[[TrialRecord], None]] = None) -> None:
     """Run trials in this process until the study has started ``target`` trials or the deadline passes."""
     from .export import save_best
-    from .features import FeatureCache
     from .heartbeat import reap_stale_trials
     from .study import TrialRunner, best_other_value, run_one_trial
-    from .tensors import TensorCache
 
     study, config = ctx.study, ctx.config
 
@@ -122,11 +142,9 @@ def run_here(ctx: SearchContext, *, target: Optional[int], deadline: Optional[fl
             except Exception as exc:  # a progress callback never stops the search
                 warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
 
-    features = (FeatureCache(config.feature_cache_mb, spill_dir=ctx.out_dir / "feature_cache")
-                if config.feature_cache else None)
     runner = TrialRunner(config=config, space=ctx.space, dataset=ctx.dataset, task=ctx.task, metric=ctx.metric,
-                         plugins=ctx.plugins, device=ctx.device, tensors=TensorCache(ctx.task), on_best=on_best,
-                         progress=progress, features=features)
+                         plugins=ctx.plugins, device=ctx.device, tensors=ctx.tensors, on_best=on_best,
+                         progress=progress, features=ctx.features)
     while (target is None or started_trials(study) < target) and (deadline is None or time.time() < deadline):
         reap_stale_trials(study)
         run_one_trial(study, runner, trial_done, deadline)
@@ -219,6 +237,13 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
                           f"retry with `autotl report {ctx.out_dir}`", stacklevel=2)
     result = RunResult(study=ctx.name, out_dir=str(ctx.out_dir), storage=label, metric=ctx.metric,
                        direction=direction(ctx.metric), summary=summary, trials=all_records, report=facts)
+    if not interrupted and config.warm_start != "off":
+        from .history import meta_features, record_search
+
+        try:
+            record_search(study, meta_features(ctx.dataset, ctx.ranking), ctx.metric)
+        except OSError as exc:  # a read-only home folder never fails the search
+            warnings.warn(f"could not record the search in the warm-start history: {exc}", stacklevel=2)
     ctx.plugins.search_finished(result)
     return result
 

@@ -44,6 +44,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AUTOTL_ZOO", str(tmp_path_factory.mktemp("zoo")))
     monkeypatch.setenv("AUTOTL_TIMM_WEIGHTS", str(tmp_path_factory.mktemp("timm_weights")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AUTOTL_HISTORY", str(tmp_path_factory.mktemp("history") / "history.jsonl"))
     monkeypatch.delenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD", raising=False)
 
 

@@ -124,6 +124,26 @@ def _by_backbone(records: List[TrialRecord], maximize: bool = True) -> Dict[str,
     return dict(sorted(out.items(), key=lambda kv: (kv[1]["best"] is None, -sign * (kv[1]["best"] or 0.0))))
 
 
+def _with_ranking(by: Dict[str, Any], ranking: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """Each backbone's predicted rank (from the transferability ranking) beside what it achieved."""
+    ranks = (ranking or {}).get("rank", {})
+    for name, entry in by.items():
+        entry["predicted_rank"] = ranks.get(name)
+    return by
+
+
+def _ranking_agreement(by: Dict[str, Any], ranking: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """Kendall's tau between the predicted order and the achieved best metric, over ranked backbones."""
+    if not ranking:
+        return None
+    from ..scores import kendall_tau
+
+    ranks = ranking.get("rank", {})
+    pairs = [(ranks[n], e["best"]) for n, e in by.items() if n in ranks and e["best"] is not None]
+    tau = kendall_tau([-r for r, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 2 else None
+    return {"order": ranking.get("order"), "scores": ranking.get("scores"), "tau": tau, "backbones": len(pairs)}
+
+
 def _cost(study: optuna.Study, records: List[TrialRecord], best_trial: Optional[int]) -> Dict[str, Any]:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     trained = [r for r in records if r.state in ("complete", "pruned")]
@@ -189,7 +209,8 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
                                    "values": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
                    for t, r in zip(all_trials, records) if t.intermediate_values},
         "importance": _importances(study, counts["complete"]),
-        "by_backbone": _by_backbone(finished, maximize),
+        "by_backbone": _with_ranking(_by_backbone(finished, maximize), attrs.get("ranking")),
+        "ranking": _ranking_agreement(_by_backbone(finished, maximize), attrs.get("ranking")),
         "freeze_depth": [{"trial": r.number, "backbone": r.backbone, "freeze_depth": r.params.get("freeze_depth"),
                           "value": r.value, "state": r.state}
                          for r in finished if r.state in ("complete", "pruned") and r.value is not None],

@@ -146,14 +146,22 @@ def _importance(facts: Mapping[str, Any]) -> Section:
 
 
 def _by_backbone(facts: Mapping[str, Any]) -> Section:
-    rows = [[name, e["trials"], e["complete"], e["pruned"], e["fail"], fmt_value(e["best"]), fmt_value(e["median"])]
-            for name, e in facts["by_backbone"].items()]
+    rows = [[name, fmt_value(e.get("predicted_rank")), e["trials"], e["complete"], e["pruned"], e["fail"],
+             fmt_value(e["best"]), fmt_value(e["median"])] for name, e in facts["by_backbone"].items()]
+    blocks: List[Tuple[str, Any]] = [("img", "by_backbone"), ("table", Table(
+        ["backbone", "predicted rank", "trials", "complete", "pruned", "failed", "best", "median"], rows,
+        id="by-backbone"))]
+    agreement = facts.get("ranking")
+    if agreement:
+        tau = agreement.get("tau")
+        blocks.append(("p", f"Transferability ranking (LogME, k-NN, H-score) against the best metric each backbone "
+                            f"reached: Kendall's tau = {fmt_value(tau)} over {agreement['backbones']} backbones "
+                            "(1: the ranking predicted the order exactly; 0: no better than chance)."))
+    blocks.append(("img", "freeze_depth"))
     return Section("By backbone", "backbones",
-                   "How each source model did. A backbone with a high median is a safe choice; one with a high "
-                   "best but a low median is sensitive to the recipe.",
-                   [("img", "by_backbone"), ("table", Table(["backbone", "trials", "complete", "pruned", "failed",
-                                                             "best", "median"], rows, id="by-backbone")),
-                    ("img", "freeze_depth")])
+                   "How each source model did, beside the rank the transferability scores predicted before any "
+                   "training. A backbone with a high median is a safe choice; one with a high best but a low "
+                   "median is sensitive to the recipe.", blocks)
 
 
 def _curves(facts: Mapping[str, Any]) -> Section:
