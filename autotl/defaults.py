@@ -101,8 +101,8 @@ def leading_backbones(space: Space, plugins: Any, k: int) -> List[str]:
 def enqueue_default_trials(study: optuna.Study, space: Space, plugins: Any, k: int,
                            backbones: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     """Queue the default recipe on the leading backbones as a new study's first trials."""
-    if k <= 0 or study.trials:
-        return []
+    if k <= 0 or any(t.state != optuna.trial.TrialState.WAITING for t in study.trials):
+        return []  # a study that has run trials is a resumed one: it had its first trials
     queued = []
     for name in backbones or leading_backbones(space, plugins, k):
         params = recipe_params(space, name)

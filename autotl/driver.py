@@ -85,10 +85,13 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
             :config.preselect])
     check_space(study, space)
     if create:
-        leading = [b for b in ranking.order if b in space.backbones] if ranking is not None else None
-        enqueue_default_trials(study, space, plugins, config.default_trials,
-                               backbones=leading[:config.default_trials] if leading else None)
+        # A similar earlier search's winners first (the strongest prior when there is one), then the recipe.
+        fresh = not study.trials
         enqueue_warm_start(study, space, plugins, config.warm_start, meta_features(dataset, ranking))
+        leading = [b for b in ranking.order if b in space.backbones] if ranking is not None else None
+        if fresh:
+            enqueue_default_trials(study, space, plugins, config.default_trials,
+                                   backbones=leading[:config.default_trials] if leading else None)
         if "dataset" not in study.user_attrs:
             study.set_user_attr("dataset", dataset.describe())
         study.set_user_attr("run_dir", str(out_dir.resolve()))

@@ -38,7 +38,7 @@ def test_the_ranking_decides_which_backbones_get_the_first_trials(split_folder, 
     for rank, first in ((True, "acme/learner"), (False, "acme/blind")):
         out = tmp_path / f"run{rank}"
         autotl.search(str(split_folder), space="quick", backbones="acme/*", trials=1, epochs=1, device="cpu",
-                      out=str(out), plugins=[MISRANKED], default_trials=1, rank=rank, report=False)
+                      out=str(out), plugins=[MISRANKED], default_trials=1, rank=rank, report=False, warm_start="off")
         trial = trials_of(out)[0]
         assert trial.params["backbone"] == first and trial.user_attrs["origin"] == "default recipe"
     assert (tmp_path / "runTrue" / "rank.json").is_file() and not (tmp_path / "runFalse" / "rank.json").exists()

@@ -22,7 +22,7 @@ def test_the_default_recipe_runs_first_on_the_leading_backbones(split_folder, tm
 
     out = tmp_path / "run"
     autotl.search(str(split_folder), space="default", backbones="timm/test_vit,timm/test_resnet", trials=3,
-                  epochs=2, device="cpu", out=str(out), default_trials=2, report=False)
+                  epochs=2, device="cpu", out=str(out), default_trials=2, report=False, rank=False)
     trials = study_of(out).trials
     space = resolve_space(load_space_file("default"), plugins, ["timm/test_vit", "timm/test_resnet"], 2)
     for t, backbone in zip(trials[:2], ("timm/test_vit", "timm/test_resnet")):
@@ -42,7 +42,7 @@ def test_default_trials_are_never_pruned(split_folder, tmp_path):
                      "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
     out = tmp_path / "run"
     autotl.search(str(split_folder), space=str(space), backbones="acme/*", trials=6, device="cpu", out=str(out),
-                  default_trials=2, report=False, seed=1, plugins=[str(FIXTURE_PLUGINS / "ranked.py")])
+                  default_trials=2, report=False, seed=1, plugins=[str(FIXTURE_PLUGINS / "ranked.py")], rank=False)
     trials = study_of(out).trials
     assert [t.params["backbone"] for t in trials[:2]] == ["acme/good", "acme/constant"]  # by source accuracy
     assert trials[1].state.name == "COMPLETE" and len(trials[1].intermediate_values) == 3  # worse, yet not pruned
