@@ -38,6 +38,34 @@ def make_split_folder(root: Path, counts=None) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory):
+    """The same isolation for module- and session-scoped fixtures, which run before ``_isolated``:
+    no test ever reads or writes the real zoo, weights folder or warm-start history."""
+    keys = {"AUTOTL_ZOO": str(tmp_path_factory.mktemp("session_zoo")),
+            "AUTOTL_TIMM_WEIGHTS": str(tmp_path_factory.mktemp("session_weights")),
+            "AUTOTL_HISTORY": str(tmp_path_factory.mktemp("session_history") / "history.jsonl"),
+            "HF_HUB_OFFLINE": "1"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated_history(tmp_path_factory):
+    """Each test module's shared fixtures get their own warm-start history: no module's searches
+    warm-start from another module's."""
+    saved = os.environ.get("AUTOTL_HISTORY")
+    os.environ["AUTOTL_HISTORY"] = str(tmp_path_factory.mktemp("module_history") / "history.jsonl")
+    yield
+    os.environ["AUTOTL_HISTORY"] = saved or ""
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
     """Every test gets its own empty zoo and timm weights folder, and never reaches the hub."""

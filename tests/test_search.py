@@ -132,10 +132,10 @@ def test_resume_adds_trials_without_losing_any(run, tmp_path):
 
 def test_same_seed_same_first_params(run, tmp_path):
     result = autotl.search(str(run["data"]), space="quick", backbones=BACKBONES, trials=1, epochs=1, seed=0,
-                           device="cpu", out=str(tmp_path / "again"), default_trials=0)
+                           device="cpu", out=str(tmp_path / "again"), default_trials=0, warm_start="off")
     assert load_study(result).trials[0].params == load_study(run["result"]).trials[0].params
     other = autotl.search(str(run["data"]), space="quick", backbones=BACKBONES, trials=1, epochs=1, seed=5,
-                          device="cpu", out=str(tmp_path / "other"), default_trials=0)
+                          device="cpu", out=str(tmp_path / "other"), default_trials=0, warm_start="off")
     assert load_study(other).trials[0].params != load_study(run["result"]).trials[0].params
 
 
