@@ -20,6 +20,9 @@ import optuna
 
 DEFAULT_PATH = "~/.cache/autotl/history.jsonl"
 TOP_TRIALS = 3
+#: ``auto`` takes an earlier search only this close (about a 2.7x difference in size, or rankings that
+#: disagree): in benchmarks/RESULTS.md, warm starts from clearly different tasks lowered accuracy.
+MAX_DISTANCE = 1.0
 
 
 def history_path() -> Path:
@@ -92,7 +95,8 @@ def choose(entries: List[Dict[str, Any]], meta: Dict[str, Any], mode: str) -> Op
     if mode != "auto":
         named = [e for e in entries if e.get("study") == mode]
         return named[-1] if named else None
-    same = [e for e in entries if e.get("meta", {}).get("task") == meta.get("task")]
+    same = [e for e in entries if e.get("meta", {}).get("task") == meta.get("task")
+            and distance(e["meta"], meta) <= MAX_DISTANCE]
     return min(same, key=lambda e: distance(e["meta"], meta)) if same else None
 
 

@@ -108,3 +108,14 @@ def test_warm_start_by_name_and_off(split_folder, tmp_path, monkeypatch, capsys)
     assert main(["search", str(split_folder), "--warm-start", "nosuch", "--backbones", "timm/test_vit", "--space",
                  "quick", "--out", str(tmp_path / "bad")]) == 2
     assert "--warm-start nosuch: no such study in" in capsys.readouterr().err
+
+
+def test_auto_warm_start_ignores_searches_that_are_too_different(split_folder, tmp_path, monkeypatch):
+    history = tmp_path / "history.jsonl"
+    monkeypatch.setenv("AUTOTL_HISTORY", str(history))
+    write_history(history, [entry("far", 50_000, [({"backbone": "timm/test_vit", "adapter": "linear",
+                                                    "head_lr": 0.0005}, 0.95)])])
+    out = tmp_path / "run"
+    autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=1, epochs=1, device="cpu",
+                  out=str(out), default_trials=0, rank=False, report=False)
+    assert "origin" not in trials_of(out)[0].user_attrs
