@@ -12,12 +12,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from PIL import Image
 
 import autotl
 import autotl.study
 from autotl.cli import main
-from conftest import FIXTURE_PLUGINS
 
 ROOT = Path(__file__).resolve().parents[1]
 
