@@ -109,3 +109,25 @@ def enqueue_default_trials(study: optuna.Study, space: Space, plugins: Any, k: i
         study.enqueue_trial(params, user_attrs={"origin": "default recipe"}, skip_if_exists=True)
         queued.append(params)
     return queued
+
+
+def enqueue_backbone_cover(study: optuna.Study, space: Space, order: Optional[Sequence[str]] = None) -> int:
+    """``sampler: {cover_backbones: true}``: the sampler's random startup trials go round the backbones.
+
+    Each of these trials fixes only its backbone (the best-ranked first) and leaves every other knob
+    to the sampler, so the search sees every backbone with at least two more recipes before TPE
+    starts to model them, instead of whichever backbones random draws happen to favour. Returns how
+    many it queued.
+    """
+    cfg = dict(space.file.sampler)
+    if not cfg.get("cover_backbones") or len(space.backbones) < 2:
+        return 0
+    if any(t.state != optuna.trial.TrialState.WAITING for t in study.trials):
+        return 0
+    startup = int(cfg.get("n_startup_trials", 10))
+    queued = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    names = [b for b in (order or []) if b in space.backbones] + [b for b in space.backbones if b not in (order or [])]
+    n = max(startup - queued, 2 * len(names))  # at least two recipes per backbone
+    for i in range(n):
+        study.enqueue_trial({"backbone": names[i % len(names)]}, user_attrs={"origin": "backbone cover"})
+    return n

@@ -50,7 +50,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
 
     from .api import load_plugins
     from .data import load_dataset
-    from .defaults import enqueue_default_trials
+    from .defaults import enqueue_backbone_cover, enqueue_default_trials
     from .features import FeatureCache
     from .history import enqueue_warm_start, meta_features
     from .ranking import rank_sources, study_ranking, write_ranking
@@ -92,6 +92,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
         if fresh:
             enqueue_default_trials(study, space, plugins, config.default_trials,
                                    backbones=leading[:config.default_trials] if leading else None)
+            enqueue_backbone_cover(study, space, leading)
         if "dataset" not in study.user_attrs:
             study.set_user_attr("dataset", dataset.describe())
         study.set_user_attr("run_dir", str(out_dir.resolve()))

@@ -55,7 +55,7 @@ DEPENDENT_DEFAULTS = {"backbone_lr_mult": ("backbone_lr", "multiplier"), "layer_
 TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "params",
             "adapter_params"}
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
-SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar"}, "random": set()}
+SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar", "cover_backbones"}, "random": set()}
 PRUNERS = {"hyperband": {"reduction_factor"}, "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
 BUILTIN_SPACES = ("default", "quick", "full")
 

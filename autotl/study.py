@@ -71,6 +71,7 @@ def make_sampler(space: Space, seed: int, offset: int) -> optuna.samplers.BaseSa
     search from replaying the first run's random startup points."""
     cfg = dict(space.file.sampler)
     name = cfg.pop("name")
+    cfg.pop("cover_backbones", None)  # autotl's own: see autotl.defaults.enqueue_backbone_cover
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed + offset)
     return optuna.samplers.TPESampler(seed=seed + offset, **cfg)

@@ -126,3 +126,19 @@ def test_compile_trains_the_same_network(split_folder, tmp_path):
         curves.append(result.curve)
         assert not any(k.startswith("_orig_mod") for k in result.state_dict)  # the weights stay the module's own
     assert curves[0] == pytest.approx(curves[1], abs=0.1)
+
+
+def test_cover_backbones_sends_the_startup_trials_round_the_backbones(split_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 1\npruner: none\nsampler: {name: tpe, n_startup_trials: 5, cover_backbones: true}\n"
+                     "params:\n  head_lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
+    out = tmp_path / "run"
+    autotl.search(str(split_folder), space=str(space), backbones="timm/test_vit,timm/test_resnet", trials=6,
+                  device="cpu", out=str(out), default_trials=1, rank=False, warm_start="off", report=False)
+    trials = study_of(out).trials
+    assert trials[0].user_attrs["origin"] == "default recipe"
+    cover = trials[1:5]
+    assert [t.user_attrs["origin"] for t in cover] == ["backbone cover"] * 4
+    assert [t.params["backbone"] for t in cover] == ["timm/test_vit", "timm/test_resnet"] * 2
+    assert len({t.params["head_lr"] for t in cover}) == 4  # only the backbone is fixed
+    assert "origin" not in trials[5].user_attrs
