@@ -11,7 +11,7 @@ import autotl.study
 from autotl.cli import main
 from conftest import FIXTURE_PLUGINS
 
-MISRANKED = str(FIXTURE_PLUGINS / "misranked.py")
+RANKED = str(FIXTURE_PLUGINS / "ranked.py")
 
 
 def trials_of(out):
@@ -21,8 +21,8 @@ def trials_of(out):
 
 def test_rank_command_scores_every_backbone(split_folder, tmp_path, capsys):
     out = tmp_path / "rank"
-    assert main(["rank", str(split_folder), "--backbones", "timm/test_vit,timm/test_resnet,acme/*", "--plugin",
-                 MISRANKED, "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["rank", str(split_folder), "--backbones", "timm/test_vit,timm/test_resnet,acme/learner,acme/blind",
+                 "--plugin", RANKED, "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     header, *rows = [line for line in printed.splitlines() if line.strip()][:5]
     assert header.split()[:5] == ["rank", "backbone", "logme", "knn", "hscore"]
@@ -37,8 +37,9 @@ def test_rank_command_scores_every_backbone(split_folder, tmp_path, capsys):
 def test_the_ranking_decides_which_backbones_get_the_first_trials(split_folder, tmp_path):
     for rank, first in ((True, "acme/learner"), (False, "acme/blind")):
         out = tmp_path / f"run{rank}"
-        autotl.search(str(split_folder), space="quick", backbones="acme/*", trials=1, epochs=1, device="cpu",
-                      out=str(out), plugins=[MISRANKED], default_trials=1, rank=rank, report=False, warm_start="off")
+        autotl.search(str(split_folder), space="quick", backbones="acme/learner,acme/blind", trials=1, epochs=1,
+                      device="cpu", out=str(out), plugins=[RANKED], default_trials=1, rank=rank, report=False,
+                      warm_start="off")
         trial = trials_of(out)[0]
         assert trial.params["backbone"] == first and trial.user_attrs["origin"] == "default recipe"
     assert (tmp_path / "runTrue" / "rank.json").is_file() and not (tmp_path / "runFalse" / "rank.json").exists()
@@ -46,8 +47,9 @@ def test_the_ranking_decides_which_backbones_get_the_first_trials(split_folder, 
 
 def test_preselect_keeps_only_the_best_ranked_backbones(split_folder, tmp_path):
     out = tmp_path / "run"
-    result = autotl.search(str(split_folder), space="quick", backbones="acme/*,timm/test_resnet", trials=4, epochs=1,
-                           device="cpu", out=str(out), plugins=[MISRANKED], preselect=1, report=False)
+    result = autotl.search(str(split_folder), space="quick", backbones="acme/learner,acme/blind,timm/test_resnet",
+                           trials=4, epochs=1, device="cpu", out=str(out), plugins=[RANKED], preselect=1,
+                           report=False)
     order = json.loads((out / "rank.json").read_text())["order"]
     assert {t.params["backbone"] for t in trials_of(out)} == {order[0]}
     assert result.report["header"]["budget"]["backbones"] == [order[0]]
@@ -55,11 +57,13 @@ def test_preselect_keeps_only_the_best_ranked_backbones(split_folder, tmp_path):
 
 def test_the_report_puts_the_predicted_rank_beside_the_achieved_metric(split_folder, tmp_path):
     out = tmp_path / "run"
-    result = autotl.search(str(split_folder), space="quick", backbones="acme/*,timm/test_resnet", trials=5, epochs=2,
-                           device="cpu", out=str(out), plugins=[MISRANKED], default_trials=3, seed=1)
+    result = autotl.search(str(split_folder), space="quick", backbones="acme/learner,acme/blind,timm/test_resnet",
+                           trials=5, epochs=2, device="cpu", out=str(out), plugins=[RANKED], default_trials=3,
+                           seed=1)
     facts = result.report
     ranks = json.loads((out / "rank.json").read_text())["rank"]
-    assert {n: e["predicted_rank"] for n, e in facts["by_backbone"].items()} == {n: ranks[n] for n in facts["by_backbone"]}
+    predicted = {n: e["predicted_rank"] for n, e in facts["by_backbone"].items()}
+    assert predicted == {n: ranks[n] for n in facts["by_backbone"]}
     assert facts["ranking"]["backbones"] == 3 and -1.0 <= facts["ranking"]["tau"] <= 1.0
     assert "Kendall's tau" in (out / "report.md").read_text()
 

@@ -41,8 +41,9 @@ def test_default_trials_are_never_pruned(split_folder, tmp_path):
     space.write_text("epochs: 3\npruner: {name: median, n_startup_trials: 0, n_warmup_steps: 0}\n"
                      "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
     out = tmp_path / "run"
-    autotl.search(str(split_folder), space=str(space), backbones="acme/*", trials=6, device="cpu", out=str(out),
-                  default_trials=2, report=False, seed=1, plugins=[str(FIXTURE_PLUGINS / "ranked.py")], rank=False)
+    autotl.search(str(split_folder), space=str(space), backbones="acme/good,acme/constant", trials=6, device="cpu",
+                  out=str(out), default_trials=2, report=False, seed=1, plugins=[str(FIXTURE_PLUGINS / "ranked.py")],
+                  rank=False)
     trials = study_of(out).trials
     assert [t.params["backbone"] for t in trials[:2]] == ["acme/good", "acme/constant"]  # by source accuracy
     assert trials[1].state.name == "COMPLETE" and len(trials[1].intermediate_values) == 3  # worse, yet not pruned

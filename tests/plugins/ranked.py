@@ -1,4 +1,6 @@
-"""Two sources whose metadata ranks them: a learner, and a network that ignores its input."""
+"""Sources whose recorded source accuracy ranks them: a learner and a network that ignores its input,
+once with honest metadata (acme/good 0.9, acme/constant 0.1) and once with misleading metadata
+(acme/learner 0.1, acme/blind 0.9), which only a look at the target data can see through."""
 import timm
 import torch
 from torch import nn
@@ -18,9 +20,15 @@ class Constant(nn.Module):
         return self.fc(self.body(torch.zeros(x.shape[0], 3, device=x.device)))
 
 
+def learner():
+    return timm.create_model("test_vit", img_size=32, num_classes=0)
+
+
 @hookimpl
 def autotl_register_source_models(register):
-    register(SourceModel(name="acme/good", build=lambda: timm.create_model("test_vit", img_size=32, num_classes=0),
-                         data_config={"input_size": (3, 32, 32)}, metadata={"accuracy": 0.9}))
-    register(SourceModel(name="acme/constant", build=Constant, head="fc", layer_groups=(r"^body",),
-                         data_config={"input_size": (3, 32, 32)}, metadata={"accuracy": 0.1}))
+    size = {"input_size": (3, 32, 32)}
+    for good, bad, good_acc, bad_acc in (("acme/good", "acme/constant", 0.9, 0.1),
+                                         ("acme/learner", "acme/blind", 0.1, 0.9)):
+        register(SourceModel(name=good, build=learner, data_config=size, metadata={"accuracy": good_acc}))
+        register(SourceModel(name=bad, build=Constant, head="fc", layer_groups=(r"^body",), data_config=size,
+                             metadata={"accuracy": bad_acc}))
