@@ -80,29 +80,27 @@ def test_a_resumed_study_gets_no_second_default_trials(split_folder, tmp_path):
     assert [t.user_attrs.get("origin") for t in study_of(out).trials] == ["default recipe", None]
 
 
-def test_out_of_memory_retries_at_half_the_batch(split_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("OOM_LIMIT", "8")
+def oom_search(split_folder, tmp_path, monkeypatch, limit):
+    """One trial at batch 16 on a network that runs out of memory above ``limit`` images."""
+    monkeypatch.setenv("OOM_LIMIT", str(limit))
     space = tmp_path / "space.yaml"
     space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n")
     out = tmp_path / "run"
-    assert main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
+    code = main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
                  "acme/hungry", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
-                 "--default-trials", "0"]) == 0
-    trial = study_of(out).trials[0]
-    assert trial.state == optuna.trial.TrialState.COMPLETE
+                 "--default-trials", "0"])
+    return code, study_of(out).trials[0]
+
+
+def test_out_of_memory_retries_at_half_the_batch(split_folder, tmp_path, monkeypatch):
+    code, trial = oom_search(split_folder, tmp_path, monkeypatch, limit=8)
+    assert code == 0 and trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["oom_retry"] == {"batch_size": 16, "retried_at": 8}
 
 
-def test_out_of_memory_twice_fails_the_trial_cleanly(split_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("OOM_LIMIT", "4")
-    space = tmp_path / "space.yaml"
-    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n")
-    out = tmp_path / "run"
-    assert main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
-                 "acme/hungry", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
-                 "--default-trials", "0"]) == 1
-    trial = study_of(out).trials[0]
-    assert trial.state == optuna.trial.TrialState.FAIL
+def test_out_of_memory_twice_fails_the_trial_cleanly(split_folder, tmp_path, monkeypatch):
+    code, trial = oom_search(split_folder, tmp_path, monkeypatch, limit=4)
+    assert code == 1 and trial.state == optuna.trial.TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("out of memory on cpu at batch_size 16 and 8: OutOfMemoryError")
     assert "narrow batch_size in the space" in trial.user_attrs["fail_reason"]
 
