@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (AutotlError, ConfigError, DataError, ModelError, PluginError, RegistryError, SpaceError,
-                     TrialError, UsageError)
+from .checkpoints import read_weights
+from .errors import (AutotlError, BuildError, ConfigError, DataError, ModelError, PluginError, RegistryError,
+                     SpaceError, TrialError, UsageError)
 from .hookspecs import hookimpl
 from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
 
@@ -23,7 +24,7 @@ __all__ = [
     "__version__", "hookimpl", "SourceModel", "TargetAdapter", "DatasetSource", "PluginSettings",
     "TrialRecord", "RunResult", "search", "pretrain", "predict", "get_plugin_manager",
     "AutotlError", "UsageError", "ConfigError", "SpaceError", "DataError", "PluginError", "RegistryError",
-    "TrialError", "ModelError",
+    "TrialError", "BuildError", "ModelError", "read_weights",
 ]
 
 

@@ -48,7 +48,9 @@ class Split:
 
 def uncacheable_reason(params: Any, task: Any = None) -> Optional[str]:
     """Why this trial's frozen prefix is not deterministic, or None when it is."""
-    if getattr(params, "augmentation", "none") != "none":
+    from .tensors import Augmentation
+
+    if Augmentation.from_params(params).active:
         return "augmentation"
     if getattr(params, "mixup_alpha", 0) > 0 or getattr(params, "cutmix_alpha", 0) > 0:
         return "mixup"

@@ -24,7 +24,8 @@ from .registry import Registry
 from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
 
 #: First-party plugins, loaded first and through the same hooks a third party uses.
-BUILTIN_PLUGINS = ("autotl_timm", "autotl_heads", "autotl_peft", "autotl_cosine", "autotl_zoo", "autotl_datasets")
+BUILTIN_PLUGINS = ("autotl_timm", "autotl_heads", "autotl_peft", "autotl_cosine", "autotl_zoo", "autotl_datasets",
+                   "autotl_lite0")
 ENTRY_POINT_GROUP = "autotl"
 AUTOLOAD_ENV = "AUTOTL_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_ZOO = "~/.cache/autotl/zoo"

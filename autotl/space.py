@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from .errors import RegistryError, SpaceError
+from .selection import DEFAULT_RULE
 
 #: Core knobs: (python type, default, lowest allowed, highest allowed). docs/user-guide.md explains each.
 CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
@@ -35,7 +36,11 @@ CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
     "schedule": (str, "cosine", None, None),
     "warmup_epochs": (int, 1, 0, 1000),
     "label_smoothing": (float, 0.0, 0.0, 0.5),
+    "crop_scale": (float, 1.0, 0.05, 1.0),
+    "hflip": (float, 0.0, 0.0, 1.0),
+    "translate": (float, 0.0, 0.0, 0.5),
     "augmentation": (str, "none", None, None),
+    "aug_magnitude": (int, 9, 1, 9),
     "mixup_alpha": (float, 0.0, 0.0, 10.0),
     "cutmix_alpha": (float, 0.0, 0.0, 10.0),
     "drop_path": (float, 0.0, 0.0, 0.9),
@@ -45,18 +50,25 @@ CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
 }
 CHOICES = {"backbone_lr": ("multiplier", "layer_decay"), "strategy": ("freeze_depth", "lp_ft", "surgical"),
            "optimizer": ("adamw", "sgd"), "schedule": ("cosine", "linear", "constant"),
-           "augmentation": ("none", "light", "randaugment", "trivialaugment"), "l2sp": ("off", "on")}
+           "augmentation": ("none", "randaugment", "trivialaugment"), "l2sp": ("off", "on")}
 #: Knobs that ``when`` may name besides the sampled ones: fixed by the data, not searched.
 CONTEXT_KEYS = ("backbone", "adapter", "task")
 #: Knobs whose default applies only under another knob's value (None otherwise, so the report shows what applied).
 DEPENDENT_DEFAULTS = {"backbone_lr_mult": ("backbone_lr", "multiplier"), "layer_decay": ("backbone_lr", "layer_decay"),
                       "lp_fraction": ("strategy", "lp_ft"), "surgical_group": ("strategy", "surgical"),
-                      "momentum": ("optimizer", "sgd"), "l2sp_weight": ("l2sp", "on")}
-TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "params",
-            "adapter_params"}
+                      "momentum": ("optimizer", "sgd"), "l2sp_weight": ("l2sp", "on"),
+                      "aug_magnitude": ("augmentation", ("randaugment", "trivialaugment"))}
+#: Values that older space files used, and what replaces them.
+RETIRED_CHOICES = {("augmentation", "light"): "augmentation 'light' (crop and flip) is now two knobs: "
+                                              "write crop_scale: 0.6 and hflip: 0.5 (and augmentation: none)"}
+TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "selection",
+            "params", "adapter_params"}
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
 SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar", "cover_backbones"}, "random": set()}
 PRUNERS = {"hyperband": {"reduction_factor"}, "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
+#: How a trial's epochs become its score (see autotl.selection): the rule and its options.
+SELECTIONS = {"best": set(), "last": set(), "smoothed": {"window"}}
+
 BUILTIN_SPACES = ("default", "quick", "full")
 
 
@@ -110,7 +122,11 @@ class TrialParams:
     optimizer: str = "adamw"
     momentum: Optional[float] = None
     schedule: str = "cosine"
+    crop_scale: float = 1.0
+    hflip: float = 0.0
+    translate: float = 0.0
     augmentation: str = "none"
+    aug_magnitude: Optional[int] = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     drop_path: float = 0.0
@@ -140,6 +156,7 @@ class SpaceFile:
     pruner: Mapping[str, Any]
     params: Tuple[ParamSpec, ...]
     adapter_params: Mapping[str, Mapping[str, Any]]
+    selection: Mapping[str, Any] = field(default_factory=lambda: {"name": DEFAULT_RULE})
 
 
 @dataclass(frozen=True)
@@ -168,7 +185,7 @@ class Space:
             if spec.name not in sampled and spec.applies(sampled):
                 sampled[spec.name] = core[spec.name] = spec.suggest(trial, spec.optuna_name or spec.name)
         for name, (parent, value) in DEPENDENT_DEFAULTS.items():
-            if core[parent] != value:
+            if core[parent] not in (value if isinstance(value, tuple) else (value,)):
                 core[name] = None
         adapter_values: Dict[str, Any] = {}
         for spec in self.adapter_specs.get(adapter, ()):
@@ -204,6 +221,8 @@ def parse_param(path: str, name: str, raw: Any, typ: type, lo: Any = None, hi: A
         if isinstance(value, bool) and choices is not None and "on" in choices:
             value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if choices is not None:
+            if (name, value) in RETIRED_CHOICES:
+                raise _fail(path, key, f"{value!r} is no longer a choice", RETIRED_CHOICES[(name, value)])
             if value not in choices:
                 raise _fail(path, key, f"{value!r} is not one of {list(choices)}", "pick an allowed value")
             return value
@@ -273,6 +292,17 @@ def _section(path: str, key: str, raw: Any, allowed: Mapping[str, set], default:
     return dict(raw)
 
 
+def _selection(path: str, raw: Any) -> Dict[str, Any]:
+    """The ``selection`` section: a rule name, or ``{name: smoothed, window: K}``."""
+    section = _section(path, "selection", raw, SELECTIONS, DEFAULT_RULE)
+    if "window" in section:
+        window = _number(path, "selection.window", section["window"], int)
+        if window < 1:
+            raise _fail(path, "selection.window", f"must be 1 or more, got {window}", "use e.g. window: 3")
+        section["window"] = window
+    return section
+
+
 def resolve_space_path(name_or_path: str) -> Path:
     """A built-in space name (``default``, ``quick``) or a path to a YAML file."""
     if name_or_path in BUILTIN_SPACES:
@@ -329,6 +359,7 @@ def load_space_file(name_or_path: str) -> SpaceFile:
         adapters=_string_list(shown, "adapters", raw.get("adapters", ["linear"])),
         sampler=_section(shown, "sampler", raw.get("sampler"), SAMPLERS, "tpe"),
         pruner=_section(shown, "pruner", raw.get("pruner"), PRUNERS, "hyperband"),
+        selection=_selection(shown, raw.get("selection")),
         params=tuple(params), adapter_params={k: dict(v) for k, v in adapter_params.items()},
     )
 

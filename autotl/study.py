@@ -28,6 +28,7 @@ from .data import Dataset
 from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError
 from .heartbeat import Heartbeat
 from .progress import Progress
+from .selection import Selection
 from .space import Space, TrialParams
 from .tasks import Task, direction
 from .types import TrialRecord
@@ -140,7 +141,8 @@ def space_fingerprint(space: Space) -> Dict[str, Any]:
 
     knobs = [(p.name, p.kind, p.value, p.low, p.high, p.log, p.step, list(p.choices), sorted(p.when.items()),
               p.optuna_name) for p in space.file.params]
-    text = json.dumps([knobs, sorted(space.backbones), list(space.adapters), space.epochs, space.task], default=str)
+    text = json.dumps([knobs, sorted(space.backbones), list(space.adapters), space.epochs, space.task,
+                       dict(space.file.selection)], default=str)
     return {"path": space.file.path, "sha": hashlib.sha256(text.encode()).hexdigest()[:16]}
 
 
@@ -150,6 +152,7 @@ def check_space(study: optuna.Study, space: Space) -> None:
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", mine)
+        study.set_user_attr("selection", Selection.from_section(space.file.selection).as_dict())
     elif stored.get("sha") != mine["sha"]:
         raise ConfigError(f"study {study.study_name!r} was searched with another space ({stored.get('path')}, "
                           f"{stored.get('sha')}); this one is {mine['path']} ({mine['sha']})",
@@ -201,9 +204,10 @@ class TrialRunner:
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
 
     def _fit(self, trial: optuna.Trial, model: Any, params: TrialParams) -> Any:
+        from .tensors import Augmentation
         from .trainer import fit
 
-        train = self.tensors.train(self.dataset.train, model.data_config, params.augmentation,
+        train = self.tensors.train(self.dataset.train, model.data_config, Augmentation.from_params(params),
                                    pin_memory=self.device.type == "cuda")
         val = self.tensors.get(self.dataset.val, model.data_config)
         epochs = self.space.epochs
@@ -211,6 +215,7 @@ class TrialRunner:
         return fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
                    labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
                    reporter=reporter, feature_cache=self.features, compile=self.config.compile,
+                   selection=Selection.from_section(self.space.file.selection),
                    on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(trial.number, epoch + 1,
                                                                                      epochs, value))
 
@@ -267,9 +272,11 @@ class TrialRunner:
             trial.set_user_attr("train_loss", _json(result.train_loss))
             trial.set_user_attr("epochs_run", result.epochs_run)
             trial.set_user_attr("best_epoch", result.best_epoch + 1)
+            trial.set_user_attr("val_loss", _json(result.val_loss))
+            trial.set_user_attr("selected_epoch", result.selected_epoch + 1)
             if result.pruned:
                 raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
-            value = float(result.best_value)
+            value = float(result.score)
             if not math.isfinite(value):
                 raise AutotlError(f"the validation {self.metric} is {value}", "check the validation data")
             try:

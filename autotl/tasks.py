@@ -52,6 +52,13 @@ class Task:
     def scores(self, y_true: np.ndarray, out: np.ndarray) -> Dict[str, float]:
         return {m: self.score(m, y_true, out) for m in TASK_METRICS[self.name]}
 
+    def val_loss(self, y_true: np.ndarray, out: np.ndarray) -> float:
+        """The loss of the outputs, without smoothing: it breaks ties between epochs of equal score."""
+        if not len(y_true):
+            return float("nan")
+        picked = out[np.arange(len(y_true)), np.asarray(y_true, dtype=int)]
+        return float(-np.log(np.clip(picked, 1e-12, 1.0)).mean())
+
     def details(self, y_true: np.ndarray, out: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
         """What the report shows for the best trial: a confusion matrix (rows are true classes)."""
         from sklearn.metrics import confusion_matrix
@@ -96,6 +103,11 @@ class MultiLabelTask(Task):
                 return 0.0
             return float(np.mean([skm.average_precision_score(y_true[:, j], out[:, j]) for j in present]))
         raise _unknown(metric, self.name)
+
+    def val_loss(self, y_true: np.ndarray, out: np.ndarray) -> float:
+        p = np.clip(out, 1e-7, 1 - 1e-7)
+        y = np.asarray(y_true, dtype=np.float64)
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else float("nan")
 
     def details(self, y_true: np.ndarray, out: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
         """Per label: support, F1 at the threshold and average precision."""
@@ -150,6 +162,9 @@ class RegressionTask(Task):
         if metric == "r2":
             return float(skm.r2_score(y, out)) if len(y) > 1 else 0.0
         raise _unknown(metric, self.name)
+
+    def val_loss(self, y_true: np.ndarray, out: np.ndarray) -> float:
+        return float(np.mean((self._true(y_true) - out) ** 2)) if len(y_true) else float("nan")
 
     def details(self, y_true: np.ndarray, out: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
         """Up to 1,000 (true, predicted) pairs for a scatter plot."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,14 +17,49 @@ import torch
 from .types import DATA_CONFIG_KEYS
 
 
-#: Augmentation levels and what they add to timm's training transform (random-resized crop + flip).
 #: Magnitudes are capped at 9 (``mmax9``): at timm's default cap of 10, Posterize asks Pillow for
 #: 0 bits, which Pillow 11 refuses, and the trial would fail.
-AUGMENTATIONS = {
-    "light": None,
-    "randaugment": "rand-m9-mstd0.5-mmax9-inc1",  # timm's RandAugment: 2 ops at magnitude 9 +- noise
-    "trivialaugment": "rand-n1-m9-mstd101-mmax9-inc1",  # 1 op at a uniformly drawn magnitude: TrivialAugment
+MAX_MAGNITUDE = 9
+#: The automatic policies, as timm ``rand_augment_transform`` strings for a magnitude ``m``.
+POLICIES = {
+    "randaugment": "rand-m{m}-mstd0.5-mmax9-inc1",  # RandAugment: 2 ops at magnitude m +- noise
+    "trivialaugment": "rand-n1-m{m}-mstd101-mmax9-inc1",  # TrivialAugment: 1 op, magnitude uniform in [0, m]
 }
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """A trial's training augmentation, as independent components (each off by default).
+
+    Nothing is implied: a flip happens only when ``hflip`` > 0, because flips are wrong for digits,
+    text, documents and some medical images, and "geometric jitter without flips" must be expressible.
+
+    Attributes:
+        crop_scale: the smallest image area a random-resized crop keeps; 1.0 keeps the evaluation crop.
+        hflip: the probability of a horizontal flip.
+        translate: the largest shift, as a fraction of the image side (edge pixels fill the border).
+        policy: ``none``, ``randaugment`` or ``trivialaugment`` (timm's implementations).
+        magnitude: the policy's magnitude, 1 to 9.
+    """
+
+    crop_scale: float = 1.0
+    hflip: float = 0.0
+    translate: float = 0.0
+    policy: str = "none"
+    magnitude: int = MAX_MAGNITUDE
+
+    @classmethod
+    def from_params(cls, params: Any) -> "Augmentation":
+        """The components of a :class:`autotl.space.TrialParams` (missing ones are off)."""
+        magnitude = getattr(params, "aug_magnitude", None)
+        return cls(crop_scale=float(getattr(params, "crop_scale", 1.0)), hflip=float(getattr(params, "hflip", 0.0)),
+                   translate=float(getattr(params, "translate", 0.0)), policy=getattr(params, "augmentation", "none"),
+                   magnitude=MAX_MAGNITUDE if magnitude is None else int(magnitude))
+
+    @property
+    def active(self) -> bool:
+        """Whether any component changes the images; without one, training reuses the fixed tensors."""
+        return self.crop_scale < 1.0 or self.hflip > 0 or self.translate > 0 or self.policy != "none"
 
 
 @dataclass(frozen=True)
@@ -92,17 +127,41 @@ class AugmentedSet:
         return torch.cat(list(loader)).contiguous()
 
 
-def train_transform(data_config: Mapping[str, Any], augmentation: str):
-    """timm's training transform for an augmentation level: crop (scale 0.6-1) and flip, plus
-    RandAugment or TrivialAugment; None for ``none``."""
-    from timm.data import create_transform
+def train_transform(data_config: Mapping[str, Any], augment: Augmentation):
+    """The training transform of one :class:`Augmentation`, or None when it changes nothing.
 
-    if augmentation == "none":
+    Geometry first (timm's random-resized crop, or the evaluation resize and centre crop), then
+    torchvision's flip and edge-padded random crop for the shift, then timm's RandAugment or
+    TrivialAugment, then the same tensor conversion and normalisation as evaluation.
+    """
+    from timm.data.auto_augment import rand_augment_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+    from torchvision import transforms as T
+
+    if not augment.active:
         return None
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data_config.items()
-           if k in ("input_size", "mean", "std", "interpolation")}
-    return create_transform(**cfg, is_training=True, scale=(0.6, 1.0), hflip=0.5, color_jitter=None,
-                            auto_augment=AUGMENTATIONS[augmentation])
+    size = tuple(data_config["input_size"][1:])
+    interpolation = data_config.get("interpolation", "bilinear")
+    evaluation = list(eval_transform(data_config).transforms)
+    geometry, finish = evaluation[:-2], evaluation[-2:]  # [resize, centre crop], [to tensor, normalise]
+    steps: List[Any] = []
+    if augment.crop_scale < 1.0:
+        steps.append(RandomResizedCropAndInterpolation(size, scale=(augment.crop_scale, 1.0),
+                                                       interpolation=interpolation))
+    else:
+        steps += geometry
+    if augment.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(p=augment.hflip))
+    shift = int(round(augment.translate * min(size)))
+    if shift > 0:
+        steps.append(T.RandomCrop(size, padding=shift, padding_mode="edge"))
+    if augment.policy != "none":
+        mean = data_config.get("mean", (0.485, 0.456, 0.406))
+        hparams = {"translate_const": int(min(size) * 0.45), "img_mean": tuple(int(round(255 * x)) for x in mean),
+                   "interpolation": str_to_pil_interp(interpolation if interpolation != "random" else "bilinear")}
+        magnitude = max(1, min(MAX_MAGNITUDE, augment.magnitude))
+        steps.append(rand_augment_transform(POLICIES[augment.policy].format(m=magnitude), hparams))
+    return T.Compose(steps + finish)
 
 
 def eval_transform(data_config: Mapping[str, Any]):
@@ -134,10 +193,11 @@ class TensorCache:
             self._cache[key] = to_tensors(image_set.images, image_set.labels, data_config, self.task)
         return self._cache[key]
 
-    def train(self, image_set: Any, data_config: Mapping[str, Any], augmentation: str, pin_memory: bool = False) -> Any:
+    def train(self, image_set: Any, data_config: Mapping[str, Any], augment: Augmentation,
+              pin_memory: bool = False) -> Any:
         """The training split: cached tensors, or an :class:`AugmentedSet` when the trial augments
         (its epochs then come in pinned memory for a GPU, when ``pin_memory``)."""
         plain = self.get(image_set, data_config)
-        transform = train_transform(data_config, augmentation)
+        transform = train_transform(data_config, augment)
         return plain if transform is None else AugmentedSet(images=tuple(image_set.images), y=plain.y,
                                                             transform=transform, pin_memory=pin_memory)

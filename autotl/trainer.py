@@ -23,6 +23,7 @@ from .errors import TrialError, UsageError
 from .freeze import frozen_norm_layers, optimizer_param_groups, set_train_mode, set_trainable, trainable_groups
 from .model import AdaptedModel
 from .regularize import L2SP, set_drop_path
+from .selection import Selection
 from .tasks import Task, better
 from .tensors import TensorSet
 
@@ -65,6 +66,9 @@ class FitResult:
     lp_epochs: int = 0  # epochs of LP-FT's linear-probe phase
     drop_path_slots: int = 0  # residual blocks drop-path reached
     feature_cache: List[str] = field(default_factory=list)  # per phase: probe, partial@k, or why not cached
+    val_loss: List[float] = field(default_factory=list)  # per epoch, unsmoothed
+    score: Optional[float] = None  # the trial's value under the selection rule
+    selected_epoch: int = -1  # the epoch (0-based) whose weights ``state_dict`` holds
 
 
 def _autocast(device: torch.device):
@@ -221,8 +225,9 @@ class _Phase:
 def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
-        labels: Optional[List[str]] = None, feature_cache: Any = None, compile: bool = False) -> FitResult:
-    """Fine-tune ``model`` for up to ``epochs`` epochs; keep the best validation epoch's weights.
+        labels: Optional[List[str]] = None, feature_cache: Any = None, compile: bool = False,
+        selection: Optional[Selection] = None) -> FitResult:
+    """Fine-tune ``model`` for up to ``epochs`` epochs; score it and keep weights by ``selection``.
 
     Args:
         train: a :class:`TensorSet`, or an :class:`autotl.tensors.AugmentedSet` that draws new
@@ -234,11 +239,15 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
         feature_cache: an :class:`autotl.features.FeatureCache`: frozen leading layers then run
             once per search instead of every epoch, when the trial allows it.
         compile: run the network through ``torch.compile`` (the weights stay the module's own).
+        selection: how the epochs become the trial's score and which weights it keeps (default:
+            the best epoch, ties broken by validation loss). ``best_value`` is always the best epoch's.
 
     Raises:
         TrialError: the loss became NaN or infinite.
     """
     task = task or Task()
+    selection = selection or Selection("best")
+    maximize = better(metric, 1.0, 0.0)
     torch.manual_seed(seed)
     random.seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -276,6 +285,7 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
                    torch.compile(module) if compile else None)
     phase.begin("lp" if result.lp_epochs else "ft", result)
     update = 0
+    last_out = None
     for epoch in range(epochs):
         if result.lp_epochs and epoch == result.lp_epochs:  # LP-FT: the probe is done, fine-tune from here
             set_trainable(model, _phase_groups(model, params, "ft"))
@@ -320,14 +330,21 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
             raise TrialError(f"the training loss became {epoch_loss} at epoch {epoch + 1}",
                              "lower head_lr or narrow its range in the search space")
         out = predict_outputs(module, val, device, task, forward=phase.forward, x=phase.val_x)
-        value = task.score(metric, val.y.numpy(), out)
+        y_val = val.y.numpy()
+        value, val_loss = task.score(metric, y_val, out), task.val_loss(y_val, out)
         result.curve.append(value)
+        result.val_loss.append(val_loss)
         result.train_loss.append(epoch_loss)
         result.epochs_run = epoch + 1
         if result.best_value is None or better(metric, value, result.best_value):
-            result.best_value, result.best_epoch = value, epoch
-            result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-            result.val_details = task.details(val.y.numpy(), out, labels or [str(i) for i in range(model.num_outputs)])
+            result.best_value = value
+        if selection.is_better_epoch(value, val_loss, None if result.best_epoch < 0 else (
+                result.curve[result.best_epoch], result.val_loss[result.best_epoch]), maximize):
+            result.best_epoch = epoch
+            if selection.keeps_best_epoch:
+                result.state_dict = _weights(module)
+                result.val_details = task.details(y_val, out, labels or [str(i) for i in range(model.num_outputs)])
+        last_out = out
         if on_epoch is not None:
             on_epoch(epoch, value, result.train_loss[-1])
         if reporter is not None:
@@ -335,8 +352,18 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
             if epoch + 1 < epochs and reporter.should_prune():  # a fully trained trial is complete, not pruned
                 result.pruned = True
                 break
+    result.score, result.selected_epoch = selection.score(result.curve, result.best_epoch)
+    if not selection.keeps_best_epoch and result.curve:
+        result.state_dict = _weights(module)
+        result.val_details = task.details(val.y.numpy(), last_out,
+                                          labels or [str(i) for i in range(model.num_outputs)])
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _weights(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """A CPU copy of the module's weights, as they are now."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
 def evaluate(module: nn.Module, data: TensorSet, device: torch.device, task: Optional[Task] = None,

@@ -195,6 +195,94 @@ def test_markdown_holds_the_same_tables_and_figures(study_run):
         assert failure["reason"].replace("|", "\\|") in md
 
 
+def leaderboard_header(html):
+    """The column titles of report.html's leaderboard table."""
+    head = re.search(r'<table id="leaderboard"><thead><tr>(.*?)</tr></thead>', html).group(1)
+    return re.findall(r"<th>(.*?)</th>", head)
+
+
+def test_leaderboard_shows_only_the_params_that_vary(study_run):
+    """Params every completed trial shares (batch size, adapter, ...) get no column but one line above
+    the table; those that differ (head lr) keep theirs. report.json still holds every trial's params."""
+    run = study_run["run"]
+    facts = json.loads((run / "report.json").read_text())
+    rows, columns, fixed = facts["leaderboard"], facts["leaderboard_columns"], facts["leaderboard_fixed"]
+    assert len(rows) >= 2
+    assert {"batch_size": 16, "warmup_epochs": 0, "adapter": "linear"}.items() <= fixed.items()
+    assert "head_lr" in columns and not set(columns) & set(fixed)
+    everything = lambda r: {"backbone": r["backbone"], "adapter": r["adapter"], **r["params"]}  # noqa: E731
+    for name in columns:
+        assert len({json.dumps(everything(r).get(name)) for r in rows}) > 1, name
+    for name, value in fixed.items():
+        assert all(everything(r)[name] == value for r in rows), name
+    assert all(r["params"]["batch_size"] == 16 for r in rows)
+    md = (run / "report.md").read_text()
+    board = md.split("## Leaderboard")[1].split("## Best setup")[0]
+    line = next(line for line in board.splitlines() if line.startswith("Fixed in every trial: "))
+    assert "batch_size 16" in line and "adapter linear" in line and "head_lr" not in line
+    md_header = next(line for line in board.splitlines() if line.startswith("| rank | trial |"))
+    html = (run / "report.html").read_text()
+    for header in (md_header, " | ".join(leaderboard_header(html))):
+        assert "head lr" in header and "batch size" not in header and "adapter" not in header
+    assert html.index("Fixed in every trial: ") < html.index('<table id="leaderboard">')
+
+
+def test_a_param_only_some_trials_set_varies(tmp_path):
+    """A param None in some listed trials and set in others gets a column with — where it is unset;
+    one set alike everywhere is fixed; without a `selection` attr or a test split, neither shows."""
+    from autotl.report import format_leaderboard, report
+
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    study = optuna.create_study(study_name="plain", storage=url, direction="maximize")
+    dist = {"backbone": optuna.distributions.CategoricalDistribution(["a", "b"]),
+            "optimizer": optuna.distributions.CategoricalDistribution(["adamw", "sgd"]),
+            "freeze_depth": optuna.distributions.FloatDistribution(0, 1),
+            "lp_fraction": optuna.distributions.FloatDistribution(0, 1)}
+    for i, extra in enumerate([{}, {"lp_fraction": 0.4}, {}]):
+        params = {"backbone": "a", "optimizer": "adamw", "freeze_depth": i / 4, **extra}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions={k: dist[k] for k in params},
+                                                  value=0.5 + i / 10, intermediate_values={1: 0.5}))
+    out, facts = report(storage=url, study="plain", out=str(tmp_path / "out"))
+    assert facts["leaderboard_columns"] == ["freeze_depth", "lp_fraction"]
+    assert facts["leaderboard_fixed"] == {"backbone": "a", "optimizer": "adamw"}
+    md = (out / "report.md").read_text()
+    assert "Fixed in every trial: backbone a, optimizer adamw" in md
+    assert "| 1 | 2 | 0.5 | — | 0.7 |" in md and "| 2 | 1 | 0.25 | 0.4 | 0.6 |" in md
+    assert leaderboard_header((out / "report.html").read_text()) == [
+        "rank", "trial", "freeze depth", "lp fraction", "val value", "epochs", "seconds"]
+    assert facts["best"]["selection"] is None and "Selection rule" not in md
+    assert facts["best"]["val_test_gap"] == {"metric": "value", "val": 0.7, "test": None, "gap": None}
+    assert "Best trial: val value 0.7." in md and "val − test" not in md
+    assert "Fixed in every trial: backbone a, optimizer adamw" in format_leaderboard(facts)
+
+
+def test_best_setup_shows_the_selection_rule_and_the_val_test_gap(study_run, tmp_path):
+    """The study's `selection` attr and the best trial's val − test gap reach report.json, the
+    Markdown, the HTML and the terminal."""
+    import shutil
+
+    from autotl.report import format_leaderboard, write_report
+
+    journal = tmp_path / "copy.journal"  # a copy, so the shared study stays as the search left it
+    shutil.copy(study_run["run"] / "study.journal", journal)
+    study, _, _ = open_report_study(storage=str(journal), study="rep")
+    rule = {"rule": "last3", "description": "A trial scores the mean of its last three epochs' val accuracy."}
+    study.set_user_attr("selection", rule)
+    facts = write_report(study, tmp_path / "out")
+    best = facts["best"]
+    assert best["selection"] == rule
+    val, test = best["val"]["accuracy"], best["test"]["accuracy"]
+    assert best["val_test_gap"]["val"] == val and best["val_test_gap"]["test"] == test
+    assert best["val_test_gap"]["gap"] == pytest.approx(val - test, abs=1e-6)
+    gap = f"val accuracy {val:.4g}, test {test:.4g} (val − test = {best['val_test_gap']['gap']:.4g})"
+    md = (tmp_path / "out" / "report.md").read_text().split("## Best setup")[1].split("## Learning curves")[0]
+    html = (tmp_path / "out" / "report.html").read_text()
+    for text in (f"Selection rule: last3 — {rule['description']}", f"Best trial: {gap}."):
+        assert text in md and text in html.replace("&#x27;", "'")
+    terminal = format_leaderboard(facts)
+    assert gap in terminal and "Selection rule: last3" in terminal
+
+
 def test_report_command_rebuilds_from_the_run_folder(study_run, capsys):
     run = study_run["run"]
     for name in ("report.html", "report.md", "report.json"):
@@ -202,7 +290,8 @@ def test_report_command_rebuilds_from_the_run_folder(study_run, capsys):
     assert main(["report", str(run), "--top", "1"]) == 0
     out = capsys.readouterr().out
     board = out.split("Leaderboard")[1].split("Best:")[0].strip().splitlines()
-    assert board[1].split()[:2] == ["rank", "trial"] and board[2].split()[:2] == ["1", str(study_run["study"].best_trial.number)]
+    assert board[1].startswith("Fixed in every trial: ") and "batch_size 16" in board[1]
+    assert board[2].split()[:2] == ["rank", "trial"] and board[3].split()[:2] == ["1", str(study_run["study"].best_trial.number)]
     assert "more in the report" in board[-1]
     assert f"Best: trial {study_run['study'].best_trial.number}" in out
     assert (run / "report.html").is_file() and (run / "report.md").is_file()

@@ -10,7 +10,7 @@ import datetime as _dt
 import statistics
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import optuna
 
@@ -38,7 +38,7 @@ def backbone_lr_text(params: Dict[str, Any]) -> str:
         return f"decay {params['layer_decay']:.3g}"
     if params.get("backbone_lr_mult") is not None:
         return f"x{params['backbone_lr_mult']:.3g}"
-    return "-"
+    return "—"
 
 
 def leaderboard_rows(records: List[TrialRecord], maximize: bool) -> List[Dict[str, Any]]:
@@ -54,6 +54,35 @@ def leaderboard_rows(records: List[TrialRecord], maximize: bool) -> List[Dict[st
                      "backbone_lr": backbone_lr_text(params), "other": other, "value": r.value,
                      "epochs_run": r.epochs_run, "seconds": round(r.seconds, 3), "params": params})
     return rows
+
+
+def row_params(row: Dict[str, Any]) -> Dict[str, Any]:
+    """A leaderboard row's params with its backbone and adapter, which a plain Optuna study may lack."""
+    return {"backbone": row["backbone"], "adapter": row["adapter"], **row["params"]}
+
+
+def leaderboard_split(rows: List[Dict[str, Any]]) -> Tuple[List[str], Dict[str, Any]]:
+    """The params that vary between ``rows`` (the table's columns) and those every row shares.
+
+    A table that repeats the same value in every row hides what the search actually tried, so the
+    report shows the shared params once, above the table. A param that is None (or absent) in some
+    rows and set in others varies; one that is None everywhere is in neither. Columns come in the
+    order: leading params, backbone learning-rate params, then the rest as the trials first set them.
+    """
+    names: List[str] = list(LEADING_PARAMS + BACKBONE_LR_PARAMS)
+    for row in rows:
+        names += [k for k in row["params"] if k not in names]
+    columns: List[str] = []
+    fixed: Dict[str, Any] = {}
+    for name in names:
+        values = [row_params(row).get(name) for row in rows]
+        if all(v is None for v in values):
+            continue
+        if all(v == values[0] for v in values):
+            fixed[name] = values[0]
+        else:
+            columns.append(name)
+    return columns, fixed
 
 
 def _importances(study: optuna.Study, n_complete: int) -> Dict[str, Any]:
@@ -78,11 +107,30 @@ def _importances(study: optuna.Study, n_complete: int) -> Dict[str, Any]:
     return out
 
 
+def _selection(attrs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The rule that turned each trial's curve into its value (study attr ``selection``), or None.
+
+    Older studies do not record it; the report then says nothing rather than guess.
+    """
+    sel = attrs.get("selection")
+    if not isinstance(sel, dict) or not sel.get("rule"):
+        return None
+    return dict(sel)
+
+
+def _val_test_gap(metric: str, val: Optional[float], test: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The best trial's val value beside its test score: a large gap means val picked a lucky trial."""
+    score = test.get(metric) if test else None
+    gap = round(val - score, 6) if val is not None and isinstance(score, (int, float)) else None
+    return {"metric": metric, "val": val, "test": score if gap is not None else None, "gap": gap}
+
+
 def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Path],
           classes: List[str]) -> Optional[Dict[str, Any]]:
     if not rows:
         return None
     top = rows[0]
+    metric = study.user_attrs.get("metric", "value")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == top["trial"])
     test = study.user_attrs.get(TEST_ATTR, {}).get(str(trial.number))
     if test and test.get("details"):
@@ -97,10 +145,12 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
     model_dir = None
     if run_dir is not None and best_model_trial(run_dir, study.study_name) == trial.number:
         model_dir = str((run_dir / BEST_DIR).resolve())
+    scores = {k: v for k, v in test.items() if k not in ("confusion_matrix", "details")} if test else None
     return {"trial": trial.number, "backbone": top["backbone"], "adapter": top["adapter"], "params": top["params"],
-            "val": {study.user_attrs.get("metric", "value"): top["value"]},
+            "val": {metric: top["value"]},
             "best_epoch": trial.user_attrs.get("best_epoch"), "epochs_run": top["epochs_run"],
-            "test": {k: v for k, v in test.items() if k not in ("confusion_matrix", "details")} if test else None,
+            "test": scores, "selection": _selection(study.user_attrs),
+            "val_test_gap": _val_test_gap(metric, top["value"], scores),
             "details": details,
             "confusion_matrix": {"split": details["split"], "labels": details.get("labels") or classes,
                                  "matrix": matrix} if matrix else None,
@@ -190,6 +240,7 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
     dataset = attrs.get("dataset") or {}
     classes = list(dataset.get("classes") or [])
     best = _best(study, rows, run_dir, classes)
+    columns, fixed = leaderboard_split(rows)
     counts = {s: sum(r.state == s for r in records) for s in ("complete", "pruned", "fail", "running", "waiting")}
     devices = sorted({str(t.user_attrs["device"]) for t in all_trials if t.user_attrs.get("device")})
     return {
@@ -203,6 +254,8 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
             "autotl_study": "metric" in attrs,
         },
         "leaderboard": rows,
+        "leaderboard_columns": columns,
+        "leaderboard_fixed": fixed,
         "best": best,
         "curves": {str(t.number): {"state": r.state, "backbone": r.backbone,
                                    "steps": sorted(t.intermediate_values),

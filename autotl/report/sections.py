@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..fmt import fmt_seconds, fmt_value
+from .facts import BACKBONE_LR_PARAMS, row_params
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,6 @@ class Section:
     anchor: str
     how_to_read: str = ""
     blocks: List[Tuple[str, Any]] = field(default_factory=list)  # ("p", text) | ("table", Table) | ("img", name)
-
-
-def _params_text(params: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items()) or "-"
 
 
 def _budget_text(budget: Mapping[str, Any]) -> str:
@@ -76,19 +73,58 @@ def _header(facts: Mapping[str, Any]) -> Section:
     return Section("Search", "header", "What was searched, on what data, with what budget.", blocks)
 
 
+def param_columns(columns: Sequence[str]) -> List[str]:
+    """The leaderboard's param columns from the facts' ``leaderboard_columns``.
+
+    The backbone learning-rate params collapse into one ``backbone_lr`` column (``x0.1`` or
+    ``decay 0.75``), since only one of the multiplier and the decay applies to a trial.
+    """
+    out: List[str] = []
+    for name in columns:
+        name = "backbone_lr" if name in BACKBONE_LR_PARAMS else name
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def param_cell(row: Mapping[str, Any], name: str) -> str:
+    """One leaderboard cell: the row's value of ``name``, or — when that trial did not set it."""
+    value = row["backbone_lr"] if name == "backbone_lr" else row_params(row).get(name)
+    return "—" if value is None else fmt_value(value)
+
+
+def fixed_text(fixed: Mapping[str, Any]) -> str:
+    """The line above the leaderboard that names, once, the params every trial listed shares."""
+    return "Fixed in every trial: " + ", ".join(f"{k} {fmt_value(v)}" for k, v in fixed.items())
+
+
+def gap_text(gap: Mapping[str, Any]) -> str:
+    """``val accuracy 0.92, test 0.88 (val − test = 0.04)``; only the val part without a test score.
+
+    A large gap warns that a small validation set picked a trial that was lucky on it.
+    """
+    text = f"val {gap['metric']} {fmt_value(gap['val'])}"
+    if gap.get("gap") is not None:
+        text += f", test {fmt_value(gap['test'])} (val − test = {fmt_value(gap['gap'])})"
+    return text
+
+
 def _leaderboard(facts: Mapping[str, Any]) -> Section:
     metric = facts["header"]["metric"]
-    rows = [[r["rank"], r["trial"], r["backbone"], r["adapter"], fmt_value(r["freeze_depth"]), fmt_value(r["head_lr"]),
-             r["backbone_lr"], _params_text(r["other"]), fmt_value(r["value"]), r["epochs_run"], f"{r['seconds']:.1f}"]
-            for r in facts["leaderboard"]]
-    header = ["rank", "trial", "backbone", "adapter", "freeze depth", "head lr", "backbone lr", "other params",
-              f"val {metric}", "epochs", "seconds"]
+    names = param_columns(facts["leaderboard_columns"])
+    rows = [[r["rank"], r["trial"], *[param_cell(r, n) for n in names], fmt_value(r["value"]), r["epochs_run"],
+             f"{r['seconds']:.1f}"] for r in facts["leaderboard"]]
+    header = ["rank", "trial", *[n.replace("_", " ") for n in names], f"val {metric}", "epochs", "seconds"]
     blocks: List[Tuple[str, Any]] = [("table", Table(header, rows, id="leaderboard"))]
+    if facts["leaderboard_fixed"]:
+        blocks.insert(0, ("p", fixed_text(facts["leaderboard_fixed"])))
     if not rows:
         blocks.insert(0, ("p", "No trial has completed yet."))
     return Section("Leaderboard", "leaderboard",
-                   "Every completed trial, best first. Backbone lr is the backbone's learning rate as a multiple "
-                   "of head lr (x) or as a layer-wise decay factor.", blocks)
+                   "Every completed trial, best first. The columns are the parameters that differ between these "
+                   "trials; those all of them share are listed once above the table, and — marks a parameter a "
+                   "trial did not use. Backbone lr is the backbone's learning rate as a multiple of head lr (x) or "
+                   "as a layer-wise decay factor.", blocks)
 
 
 def _best(facts: Mapping[str, Any]) -> Section:
@@ -106,6 +142,12 @@ def _best(facts: Mapping[str, Any]) -> Section:
         rows.append(["test", "no test split (or not scored yet)"])
     rows.append(["model", best["model_dir"] or "not on this machine (see the run folder's best/)"])
     blocks: List[Tuple[str, Any]] = [("table", Table(["", ""], rows, id="best"))]
+    selection = best.get("selection")
+    if selection:
+        blocks.insert(0, ("p", f"Selection rule: {selection['rule']}"
+                               + (f" — {selection['description']}" if selection.get("description") else "")))
+    if (best.get("val_test_gap") or {}).get("val") is not None:
+        blocks.insert(len(blocks) - 1, ("p", "Best trial: " + gap_text(best["val_test_gap"]) + "."))
     details = best.get("details") or {}
     if details.get("kind") == "per_label":
         blocks.append(("table", Table(["label", "support", f"F1 at {details.get('threshold', 0.5)}", "AP"],
@@ -120,7 +162,9 @@ def _best(facts: Mapping[str, Any]) -> Section:
         blocks.append(("table", Table(["true \\ predicted", *labels],
                                       [[lab, *row] for lab, row in zip(labels, cm["matrix"])], id="confusion")))
     return Section("Best setup", "best",
-                   "The winning trial's full recipe, its validation and test scores, and where its model is. "
+                   "The winning trial's full recipe, the rule that scored each trial's epochs, its validation and "
+                   "test scores with their gap (a large gap means val favoured a lucky trial), and where its model "
+                   "is. "
                    "`autotl predict` takes the model folder. The confusion matrix (multiclass), per-label scores "
                    "(multilabel) or predictions (regression) are on the test split when there is one, else on val; "
                    "a confusion matrix's off-diagonal cells are the classes it confuses.", blocks)

@@ -32,7 +32,7 @@ def zoo_source(sidecar: Path) -> SourceModel:
     def build():
         import timm
 
-        from autotl.checkpoints import read_weights
+        from autotl import read_weights
 
         net = timm.create_model(arch, pretrained=False, num_classes=n, **kwargs)
         net.load_state_dict(read_weights(str(weights)))  # safetensors, or a torch file of tensors only
