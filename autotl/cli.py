@@ -18,14 +18,21 @@ from .fmt import text_table
 EPILOG = "Docs: docs/user-guide.md. Errors print one line; add --debug for the traceback."
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+def _int_at_least(low: int):
+    """An argparse type: a whole number of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _plugin_options() -> argparse.ArgumentParser:
@@ -85,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the named one, or not at all")
     s.add_argument("--keep-top", type=_positive_int, default=1, metavar="K",
                    help="models kept in the artifact folder: best/, and with K > 1 also top/trial-N/ for the K best")
+    s.add_argument("--soup", type=_non_negative_int, default=5, metavar="K",
+                   help="greedy soup: average the best of the K top trials that share the winner's backbone and "
+                        "adapter into best/ when that scores higher on validation (default 5; 0 turns it off)")
     s.add_argument("--default-trials", type=int, default=3, metavar="K",
                    help="first trials: the default recipe on the K leading backbones (default 3; 0 disables)")
 
@@ -148,7 +158,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
-                    artifacts=args.artifacts, keep_top=args.keep_top, rank=args.rank, preselect=args.preselect,
+                    artifacts=args.artifacts, keep_top=args.keep_top, soup=args.soup, rank=args.rank, preselect=args.preselect,
                     warm_start=args.warm_start,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))

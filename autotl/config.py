@@ -56,6 +56,7 @@ class RunConfig:
     devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
     artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
     keep_top: int = 1  # models kept in the artifact folder: best/, plus top/trial-N/ for the next best ones
+    soup: int = 5  # greedy soup over the best this many trials of the winning backbone and adapter; 0: off
     rank: bool = True  # rank the backbones by transferability first (multiclass), as a prior
     preselect: Optional[int] = None  # search only the K best-ranked backbones
     warm_start: str = "auto"  # auto, off, or an earlier study's name in the history
@@ -73,6 +74,8 @@ class RunConfig:
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
         _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,
                "keep_top", "an int >= 1", self.keep_top)
+        _check(isinstance(self.soup, int) and not isinstance(self.soup, bool) and self.soup >= 0, "soup",
+               "an int >= 0 (0 turns the soup off)", self.soup)
         _check(self.preselect is None or (isinstance(self.preselect, int) and not isinstance(self.preselect, bool)
                                           and self.preselect >= 1), "preselect", "an int >= 1", self.preselect)
         _check(isinstance(self.warm_start, str) and self.warm_start.strip() != "", "warm_start",

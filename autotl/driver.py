@@ -223,6 +223,8 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
 
     study, config = ctx.study, ctx.config
     all_records = records(study)
+    if not interrupted and config.soup > 1:
+        cook_soup(ctx)
     test = (score_test_split(study, ctx.artifacts, ctx.dataset, ctx.device, ctx.plugins, ctx.task)
             if not interrupted else None)
     label = mask_url(storage_label(config.storage, ctx.out_dir))
@@ -250,6 +252,19 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
             warnings.warn(f"could not record the search in the warm-start history: {exc}", stacklevel=2)
     ctx.plugins.search_finished(result)
     return result
+
+
+def cook_soup(ctx: SearchContext) -> None:
+    """The greedy soup over the kept models, then the artifact folder back to ``--keep-top`` models."""
+    from .export import folder_lock, trim_top
+    from .soup import greedy_soup
+
+    with folder_lock(ctx.artifacts / ".best.lock"):
+        try:
+            greedy_soup(ctx)
+        except Exception as exc:  # the soup only improves a finished search: never lose it for the soup
+            warnings.warn(f"skipped the greedy soup: {type(exc).__name__}: {exc}", stacklevel=2)
+        trim_top(ctx.artifacts, ctx.name, ctx.metric, ctx.config.keep_top)
 
 
 def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,

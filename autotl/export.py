@@ -136,7 +136,7 @@ def save_best(ctx: Any, number: int, value: float, params: Any, model: Any, stat
     from .tasks import better
 
     target = ctx.artifacts / BEST_DIR
-    keep = int(getattr(ctx.config, "keep_top", 1))
+    keep = kept_models(ctx.config)
     with folder_lock(ctx.artifacts / ".best.lock"):
         is_best = better(ctx.metric, value, best_other_value(ctx.study, number))
         current = exported_value(target, ctx.name)
@@ -152,7 +152,7 @@ def save_best(ctx: Any, number: int, value: float, params: Any, model: Any, stat
                             "params": params.as_dict(), **ctx.task.export()})
         if in_top:
             save_model(str(ctx.artifacts / TOP_DIR / f"trial-{number}"), state, **write)
-            _trim_top(ctx, keep)
+            trim_top(ctx.artifacts, ctx.name, ctx.metric, keep)
         if is_best:
             save_model(str(target), state, **write)
     return is_best
@@ -169,14 +169,22 @@ def _rank(ctx: Any, number: int, value: float) -> int:
     return sum(better(ctx.metric, v, value) for v in others)
 
 
-def _trim_top(ctx: Any, keep: int) -> None:
-    """Keep the ``keep`` best models under ``top/``; the disk holds no more than that."""
+def kept_models(config: Any) -> int:
+    """Models kept in the artifact folder while the search runs: ``--keep-top``, or more for ``--soup``."""
+    return max(int(getattr(config, "keep_top", 1)), int(getattr(config, "soup", 0)))
+
+
+def trim_top(artifacts: Path, study: str, metric: str, keep: int) -> None:
+    """Keep the ``keep`` best models of ``study`` under ``top/`` (none when ``keep`` is 1 or less)."""
     from .tasks import METRICS
 
-    folder = ctx.artifacts / TOP_DIR
-    entries = [(exported_value(d, ctx.name), d) for d in folder.glob("trial-*") if d.is_dir()]
+    folder = artifacts / TOP_DIR
+    if keep <= 1:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    entries = [(exported_value(d, study), d) for d in folder.glob("trial-*") if d.is_dir()]
     entries = [(v, d) for v, d in entries if v is not None]
-    entries.sort(key=lambda e: e[0], reverse=METRICS[ctx.metric] == "maximize")
+    entries.sort(key=lambda e: e[0], reverse=METRICS[metric] == "maximize")
     for _, d in entries[keep:]:
         shutil.rmtree(d, ignore_errors=True)
 

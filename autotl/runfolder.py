@@ -22,18 +22,31 @@ TEST_ATTR = "test_scores"
 CONFIG_NAME = "config.json"  # in best/: how to rebuild the model (see autotl.export)
 
 
-def best_model_trial(out_dir: Path, study: Optional[str] = None) -> Optional[int]:
-    """The trial whose weights ``best/`` holds, if any (and if it belongs to ``study``, when given)."""
+def best_model_config(out_dir: Path, study: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """``best/config.json``, if there is one (and if it belongs to ``study``, when given)."""
     path = out_dir / BEST_DIR / CONFIG_NAME
-    if not path.is_file():
-        return None
     try:
         config = json.loads(path.read_text())
-        if study is not None and config.get("study") not in (None, study):
-            return None
-        return int(config.get("trial"))
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
+    if not isinstance(config, dict) or (study is not None and config.get("study") not in (None, study)):
+        return None
+    return config
+
+
+def best_model_trial(out_dir: Path, study: Optional[str] = None) -> Optional[int]:
+    """The trial whose weights ``best/`` holds, if any (and if it belongs to ``study``, when given)."""
+    config = best_model_config(out_dir, study)
+    try:
+        return int(config.get("trial")) if config is not None else None
+    except (ValueError, TypeError):
+        return None
+
+
+def _model_key(config: Dict[str, Any]) -> str:
+    """Which model a cached test score belongs to: a trial's own weights, or a soup led by it."""
+    soup = config.get("soup")
+    return f"{config['trial']}" + (f"+soup:{','.join(map(str, soup['trials']))}" if soup else "")
 
 
 def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any,
@@ -45,11 +58,13 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
         best = study.best_trial
     except ValueError:
         return None
+    config = best_model_config(out_dir, study.study_name)
     if best_model_trial(out_dir, study.study_name) != best.number:
         return None
+    key = _model_key(config)
     cached = study.user_attrs.get(TEST_ATTR, {})
-    if str(best.number) in cached:
-        return cached[str(best.number)]
+    if key in cached:
+        return cached[key]
     from .export import load_model
     from .tensors import to_tensors
     from .trainer import evaluate
@@ -57,7 +72,7 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
     module, config = load_model(str(out_dir / BEST_DIR), plugins)
     scores = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"], task), device,
                       task, list(dataset.classes))
-    study.set_user_attr(TEST_ATTR, {**cached, str(best.number): scores})
+    study.set_user_attr(TEST_ATTR, {**cached, key: scores})
     return scores
 
 
@@ -74,19 +89,33 @@ def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path,
         best = study.best_trial
         rec = next(r for r in complete if r.number == best.number)
         has_model = best_model_trial(out_dir, study.study_name) == best.number
+        model_config = best_model_config(out_dir, study.study_name) if has_model else None
         best_entry = {
             "trial": best.number, "value": best.value, "params": dict(rec.params), "backbone": rec.backbone,
             "adapter": rec.adapter, "epochs_run": rec.epochs_run,
             "test": {k: v for k, v in test.items() if k not in ("confusion_matrix", "details")} if test else None,
             "test_confusion_matrix": test.get("confusion_matrix") if test else None,
             "model_dir": str(out_dir / BEST_DIR) if has_model else None,
+            "selected_epoch": best.user_attrs.get("selected_epoch"),
+            "soup": (model_config or {}).get("soup"),
+            "val_test_gap": _gap(best.value, (model_config or {}).get("soup"), test, metric),
         }
     return {
-        "study": study.study_name, "metric": metric, "direction": study.direction.name.lower(), "best": best_entry,
+        "study": study.study_name, "metric": metric, "direction": study.direction.name.lower(),
+        "selection": study.user_attrs.get("selection"), "best": best_entry,
         "trials": counts, "elapsed_s": round(elapsed_s, 3),
         "epochs_total": int(sum(r.epochs_run for r in records)),
         "autotl_version": __version__, **extra,
     }
+
+
+def _gap(value: Optional[float], soup: Optional[Dict[str, Any]], test: Optional[Dict[str, Any]],
+         metric: str) -> Optional[float]:
+    """Validation minus test score of the exported model (the soup's own validation score when it is one)."""
+    val = soup["val"] if soup else value
+    if val is None or not test or not isinstance(test.get(metric), (int, float)):
+        return None
+    return float(val) - float(test[metric])
 
 
 def write_trials_csv(path: Path, records: List[TrialRecord]) -> None:

@@ -2,7 +2,7 @@
 
 One plain script, as the issue describes it and as people write it in an afternoon: timm networks,
 a new linear head, three knobs (source x freeze fraction x learning rate), AdamW with weight decay
-0.05, batch 32, a cosine schedule with one warmup epoch, and a random shift of up to 1/16 of the
+0.05, batch 32, a cosine schedule stepped per update (no warmup), and a random shift of up to 1/16 of the
 side (2 px at 32 px) as its only augmentation. It trains with plain PyTorch (no autotl code), reports
 validation accuracy to Optuna every epoch, keeps the best epoch's weights of the best trial and scores
 them once on the test split. The search around it is one of:
@@ -114,8 +114,7 @@ def train_trial(build: Callable[[], Any], data: Loaded, fraction: float, lr: flo
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY)
     n = len(data.train_images)
     steps = max(1, math.ceil(n / BATCH))
-    sched = CosineLRScheduler(opt, t_initial=epochs * steps, warmup_t=steps, warmup_lr_init=lr * 0.01,
-                              lr_min=lr * 1e-3, t_in_epochs=False)
+    sched = CosineLRScheduler(opt, t_initial=epochs * steps, lr_min=lr * 1e-3, t_in_epochs=False)
     loss_fn = torch.nn.CrossEntropyLoss()
     best = {"value": -1.0, "state": None, "epochs": 0, "pruned": False}
     update = 0
@@ -193,7 +192,8 @@ def run_peer(kind: str, sources: Mapping[str, Callable[[], Any]], data_configs: 
         sampler, n = optuna.samplers.TPESampler(seed=seed), trials
     pruner = (optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
               if kind == "script" else optuna.pruners.NopPruner())
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    # A fixed name: Hyperband assigns brackets by a hash of the study name and trial number.
+    study = optuna.create_study(study_name=f"{kind}-seed{seed}", direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(objective, n_trials=n)
     test = None
     if best["value"] is not None and "test" in rows:

@@ -211,3 +211,35 @@ def test_any_optuna_storage_url(split_folder, tmp_path):
     assert result.summary["storage"] == url and not (tmp_path / "run" / "study.journal").exists()
     study = optuna.load_study(study_name="on-sqlite", storage=url)
     assert len(study.trials) == 1 and study.user_attrs["metric"] == "accuracy"
+
+
+def test_trials_are_scored_by_the_selection_rule_and_the_summary_says_which(run):
+    """The built-in spaces score a trial by the mean of its last 3 epochs, not its luckiest one."""
+    study = load_study(run["result"])
+    assert study.user_attrs["selection"]["rule"] == "smoothed3"
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        curve = t.user_attrs["curve"]
+        assert t.value == pytest.approx(sum(curve[-3:]) / len(curve[-3:]))
+        assert t.user_attrs["selected_epoch"] == len(curve) and len(t.user_attrs["val_loss"]) == len(curve)
+    summary = run["result"].summary
+    assert summary["selection"]["description"].startswith("each trial is scored by the mean")
+    best = summary["best"]
+    assert best["val_test_gap"] == pytest.approx(best["value"] - best["test"]["accuracy"])
+
+
+def test_resuming_with_another_selection_rule_is_refused(run, tmp_path, capsys):
+    import shutil
+
+    from autotl.space import resolve_space_path
+
+    out = tmp_path / "rule"
+    shutil.copytree(run["root"] / "run", out)
+    space = tmp_path / "quick-best.yaml"
+    space.write_text(resolve_space_path("quick").read_text() + "\nselection: best\n")
+    code = main(["search", str(run["data"]), "--out", str(out), "--study", "shared", "--space", str(space),
+                 "--backbones", BACKBONES, "--epochs", "3", "--trials", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "was searched with another space" in err
+    assert len(load_study(run["result"]).trials) == 5
