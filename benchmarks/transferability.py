@@ -1,7 +1,7 @@
 """Transferability: do the scores predict fine-tuned accuracy, what do they cost, and do the ranking
 prior and warm starts lower the regret of a small search?
 
-On the search-quality tasks (digits, shift, small; see ``search_quality.py``) and five sources (the
+On the search-quality tasks (``digits-fewshot``, ``shift-fewshot``, ``digits-4shot``; see ``tasks.py``) and five sources (the
 three tiny timm models pretrained on digits 0-4 with ``autotl pretrain``, and two random-init ones):
 
 1. ``autotl rank`` scores every source (LogME, k-NN, H-score, combined), and each source is
@@ -29,7 +29,7 @@ import _common
 
 HEADING = "Transferability (`benchmarks/transferability.py`)"
 RANDOM_SOURCES = ("timm/test_resnet", "timm/test_vit")
-WARM_FROM = {"digits": "small", "shift": "digits", "small": "digits"}
+WARM_FROM = {"digits-fewshot": "digits-4shot", "shift-fewshot": "digits-fewshot", "digits-4shot": "digits-fewshot"}
 FIXED = """epochs: {epochs}
 pruner: none
 params:
@@ -47,7 +47,7 @@ params:
 
 def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", default="digits,shift,small")
+    p.add_argument("--tasks", default=",".join(WARM_FROM))
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--small-budget", type=int, default=6, help="trials of the small searches (default 6)")
@@ -64,12 +64,12 @@ def main(argv: List[str] | None = None) -> None:
     import autotl
     from autotl.api import rank
     from autotl.scores import kendall_tau
-    from search_quality import TASKS, build_tasks
+    from tasks import TASKS
 
     work = Path(args.work)
     zoo = args.zoo or _common.default_zoo()
     sources = list(_common.ensure_digits_zoo(zoo)) + list(RANDOM_SOURCES)
-    every = build_tasks(work, TASKS)  # a warm start may come from a task not measured in this run
+    every = {name: TASKS[name](work) for name in WARM_FROM}  # a warm start may come from a task not measured here
     tasks = {t: every[t] for t in args.tasks.split(",") if t}
     seeds = [int(s) for s in args.seeds.split(",")]
     space = work / "fixed.yaml"
