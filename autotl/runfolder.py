@@ -43,10 +43,10 @@ def best_model_trial(out_dir: Path, study: Optional[str] = None) -> Optional[int
         return None
 
 
-def _model_key(config: Dict[str, Any]) -> str:
-    """Which model a cached test score belongs to: a trial's own weights, or a soup led by it."""
-    soup = config.get("soup")
-    return f"{config['trial']}" + (f"+soup:{','.join(map(str, soup['trials']))}" if soup else "")
+def model_key(trial: Any, soup: Optional[Dict[str, Any]] = None) -> str:
+    """Which model a cached test score belongs to: a trial's own weights, or a kept soup led by it."""
+    kept = bool(soup) and soup.get("kept", True) and int(soup["trials"][0]) == int(trial)
+    return f"{trial}" + (f"+soup:{','.join(map(str, soup['trials']))}" if kept else "")
 
 
 def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any,
@@ -61,7 +61,7 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
     config = best_model_config(out_dir, study.study_name)
     if best_model_trial(out_dir, study.study_name) != best.number:
         return None
-    key = _model_key(config)
+    key = model_key(config["trial"], config.get("soup"))
     cached = study.user_attrs.get(TEST_ATTR, {})
     if key in cached:
         return cached[key]

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from autotl.data import load_dataset
-from autotl.errors import SpaceError
 from autotl.selection import Selection
 from autotl.space import load_space_file
 from autotl.trainer import fit
@@ -49,18 +48,6 @@ def test_fit_scores_by_the_rule_and_keeps_the_matching_weights(plugins, image_fo
         assert not same_as_final
     if not rule.keeps_best_epoch:
         assert same_as_final and epoch == 3
-
-
-@pytest.mark.parametrize("body, pattern", [
-    ("selection: luckiest\n", r"selection.name: unknown selection 'luckiest'"),
-    ("selection: {name: smoothed, window: 0}\n", r"selection.window: must be 1 or more"),
-    ("selection: {name: last, window: 3}\n", r"selection.window: unknown key"),
-])
-def test_bad_selection_sections_are_one_clear_line(tmp_path, body, pattern):
-    path = tmp_path / "space.yaml"
-    path.write_text(body)
-    with pytest.raises(SpaceError, match=pattern):
-        load_space_file(str(path))
 
 
 def test_the_default_rule_and_a_files_own_rule(tmp_path):

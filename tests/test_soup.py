@@ -114,3 +114,16 @@ def test_soup_zero_turns_it_off_and_a_negative_soup_is_refused(split_folder, tmp
     with pytest.raises(SystemExit) as exit_info:
         main(["search", str(split_folder), "--soup", "-1"])
     assert exit_info.value.code == 2 and "--soup: expected a whole number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_report_shows_the_soup_and_its_test_score(searched):
+    from autotl.report import report
+
+    _, facts = report(str(searched["root"] / "run"))
+    best = facts["best"]
+    assert best["soup"]["kept"] and best["test"]["accuracy"] == pytest.approx(
+        searched["second"].summary["best"]["test"]["accuracy"])
+    assert best["val_test_gap"]["val"] == pytest.approx(best["soup"]["val"])
+    text = (searched["root"] / "run" / "report.md").read_text()
+    assert "Greedy soup: the weights of trials" in text and "Best model (the soup)" in text

@@ -216,6 +216,9 @@ def test_variants_are_separate_optuna_parameters_and_the_task_gates_knobs(plugin
      r"params.head_lr\[0\]: a variant without when hides the ones after it"),
     ("params:\n  strategy: {choices: [freeze_depth, distill]}\n", r"'distill' is not one of"),
     ("params:\n  l2sp: maybe\n", r"params.l2sp: 'maybe' is not one of \['off', 'on'\]"),
+    ("selection: luckiest\n", r"selection.name: unknown selection 'luckiest'"),
+    ("selection: {name: smoothed, window: 0}\n", r"selection.window: must be 1 or more"),
+    ("selection: {name: last, window: 3}\n", r"selection.window: unknown key"),
 ])
 def test_bad_variants_and_choices(tmp_path, body, pattern):
     from autotl.space import load_space_file

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import optuna
 
 from .. import __version__
-from ..runfolder import BEST_DIR, TEST_ATTR, best_model_trial
+from ..runfolder import BEST_DIR, TEST_ATTR, best_model_trial, model_key
 from ..study import mask_url, trial_record
 from ..types import TrialRecord
 
@@ -132,7 +132,9 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
     top = rows[0]
     metric = study.user_attrs.get("metric", "value")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == top["trial"])
-    test = study.user_attrs.get(TEST_ATTR, {}).get(str(trial.number))
+    soup = study.user_attrs.get("soup")
+    soup = soup if isinstance(soup, dict) and soup.get("trials") and int(soup["trials"][0]) == trial.number else None
+    test = study.user_attrs.get(TEST_ATTR, {}).get(model_key(trial.number, soup))
     if test and test.get("details"):
         details = {"split": "test", **test["details"]}
     elif test and test.get("confusion_matrix") is not None:
@@ -150,7 +152,8 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
             "val": {metric: top["value"]},
             "best_epoch": trial.user_attrs.get("best_epoch"), "epochs_run": top["epochs_run"],
             "test": scores, "selection": _selection(study.user_attrs),
-            "val_test_gap": _val_test_gap(metric, top["value"], scores),
+            "val_test_gap": _val_test_gap(metric, soup["val"] if soup and soup.get("kept") else top["value"], scores),
+            "soup": soup,
             "details": details,
             "confusion_matrix": {"split": details["split"], "labels": details.get("labels") or classes,
                                  "matrix": matrix} if matrix else None,

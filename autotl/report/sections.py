@@ -146,8 +146,18 @@ def _best(facts: Mapping[str, Any]) -> Section:
     if selection:
         blocks.insert(0, ("p", f"Selection rule: {selection['rule']}"
                                + (f" — {selection['description']}" if selection.get("description") else "")))
+    soup = best.get("soup")
+    if soup:
+        trials = ", ".join(str(t) for t in soup["trials"])
+        blocks.insert(len(blocks) - 1, ("p", (
+            f"Greedy soup: the weights of trials {trials} averaged score {fmt_value(soup['val'])} on validation "
+            f"against {fmt_value(soup['single_val'])} for trial {soup['trials'][0]} alone, so best/ holds the soup."
+            if soup.get("kept") else
+            f"Greedy soup: tried {soup.get('tried')} models of this backbone; no average beat trial "
+            f"{soup['trials'][0]} alone on validation ({fmt_value(soup['single_val'])}), so best/ holds its own weights.")))
     if (best.get("val_test_gap") or {}).get("val") is not None:
-        blocks.insert(len(blocks) - 1, ("p", "Best trial: " + gap_text(best["val_test_gap"]) + "."))
+        label = "Best model (the soup)" if soup and soup.get("kept") else "Best trial"
+        blocks.insert(len(blocks) - 1, ("p", f"{label}: " + gap_text(best["val_test_gap"]) + "."))
     details = best.get("details") or {}
     if details.get("kind") == "per_label":
         blocks.append(("table", Table(["label", "support", f"F1 at {details.get('threshold', 0.5)}", "AP"],
