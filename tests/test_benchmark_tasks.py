@@ -66,5 +66,9 @@ def test_textures_are_seeded_rgb_and_balanced(tasks, tmp_path):
         tasks.textures(tmp_path, classes=9)
 
 
-def test_every_task_is_listed(tasks):
-    assert set(tasks.TASKS) == {"digits-fewshot", "shift-fewshot", "textures"}
+def test_every_listed_task_builds_three_splits_with_the_same_classes(tasks, tmp_path):
+    assert {"digits-fewshot", "digits-4shot", "shift-fewshot", "textures"} <= set(tasks.TASKS)
+    for name, build in tasks.TASKS.items():
+        rows = _rows(build(tmp_path))
+        labels = {split: {r["label"] for r in rows if r["split"] == split} for split in ("train", "val", "test")}
+        assert labels["train"] and labels["train"] == labels["val"] == labels["test"], name

@@ -54,7 +54,7 @@ def test_pip_install_from_any_directory(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
-    code = ("import autotl, autotl_timm, autotl_heads, autotl_peft, autotl_cosine, autotl_zoo, autotl_datasets\n"
+    code = ("import autotl, autotl_timm, autotl_heads, autotl_peft, autotl_cosine, autotl_zoo, autotl_datasets, autotl_lite0\n"
             "import autotl.report\n"
             "from autotl.space import resolve_space_path\n"
             "print(autotl.__file__)\n"

@@ -87,7 +87,8 @@ def test_quiet_prints_only_the_leaderboard(split_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert not [line for line in out.splitlines() if line.startswith("trial ")]
     board = out.split("Leaderboard")[1].split("Best:")[0].strip().splitlines()
-    assert len(board) == 4 and board[-1] == "... 1 more in the report"  # title, header, 1 row, the rest
+    # title, the params every trial shares, header, 1 row, the rest
+    assert len(board) == 5 and board[1].startswith("Fixed in every trial: ") and board[-1] == "... 1 more in the report"
     assert "Report: " in out and (tmp_path / "run" / "report.html").is_file()
 
 

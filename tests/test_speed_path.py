@@ -29,9 +29,10 @@ def test_the_default_recipe_runs_first_on_the_leading_backbones(split_folder, tm
         assert t.params == recipe_params(space, backbone)
         assert t.user_attrs["origin"] == "default recipe"
         p = t.user_attrs["params"]
-        assert (p["strategy"], p["lp_fraction"], p["optimizer"], p["head_lr"], p["backbone_lr_mult"],
-                p["weight_decay"], p["label_smoothing"], p["augmentation"]) == \
-               ("lp_ft", 0.2, "adamw", 2e-3, 0.1, 0.05, 0.1, "none")
+        # The default space has no strategy knob, so the recipe fine-tunes without its probe phase there.
+        assert (p["strategy"], p["optimizer"], p["head_lr"], p["backbone_lr_mult"], p["weight_decay"],
+                p["batch_size"], p["label_smoothing"], p["translate"], p["hflip"], p["augmentation"]) == \
+               ("freeze_depth", "adamw", 2e-3, 1.0, 0.05, 16, 0.1, 0.0625, 0.0, "none")
     assert "origin" not in trials[2].user_attrs
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.intermediate_values) == 2 for t in trials[:2])
 
