@@ -211,7 +211,7 @@ class TrialRunner:
                                    pin_memory=self.device.type == "cuda")
         val = self.tensors.get(self.dataset.val, model.data_config)
         epochs = self.space.epochs
-        reporter = _Unprunable(trial) if trial.user_attrs.get("origin") == "default recipe" else trial
+        reporter = _Unprunable(trial) if trial.user_attrs.get("never_pruned") else trial
         return fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
                    labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
                    reporter=reporter, feature_cache=self.features, compile=self.config.compile,
@@ -308,7 +308,7 @@ class TrialRunner:
 
 
 class _Unprunable:
-    """Reports every epoch to the trial but never stops it (the default-recipe trials)."""
+    """Reports every epoch to the trial but never stops it (the first default-recipe trial)."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial

@@ -37,7 +37,7 @@ def test_the_default_recipe_runs_first_on_the_leading_backbones(split_folder, tm
     assert all(t.state == optuna.trial.TrialState.COMPLETE and len(t.intermediate_values) == 2 for t in trials[:2])
 
 
-def test_default_trials_are_never_pruned(split_folder, tmp_path):
+def test_the_first_default_trial_is_never_pruned_and_the_others_may_be(split_folder, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("epochs: 3\npruner: {name: median, n_startup_trials: 0, n_warmup_steps: 0}\n"
                      "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
@@ -47,9 +47,9 @@ def test_default_trials_are_never_pruned(split_folder, tmp_path):
                   rank=False)
     trials = study_of(out).trials
     assert [t.params["backbone"] for t in trials[:2]] == ["acme/good", "acme/constant"]  # by source accuracy
-    assert trials[1].state.name == "COMPLETE" and len(trials[1].intermediate_values) == 3  # worse, yet not pruned
-    later = [t.state.name for t in trials[2:] if t.params["backbone"] == "acme/constant"]
-    assert later and set(later) == {"PRUNED"}  # the pruner does prune the same setup when it is not the recipe
+    assert trials[0].user_attrs["never_pruned"] and "never_pruned" not in trials[1].user_attrs
+    assert trials[0].state.name == "COMPLETE" and len(trials[0].intermediate_values) == 3
+    assert trials[1].state.name == "PRUNED"  # the weaker backbone's recipe is an ordinary trial
 
 
 def test_the_recipe_is_projected_onto_a_narrow_space(tmp_path, plugins):
@@ -142,3 +142,21 @@ def test_cover_backbones_sends_the_startup_trials_round_the_backbones(split_fold
     assert [t.params["backbone"] for t in cover] == ["timm/test_vit", "timm/test_resnet"] * 2
     assert len({t.params["head_lr"] for t in cover}) == 4  # only the backbone is fixed
     assert "origin" not in trials[5].user_attrs
+
+
+def test_a_protected_trial_runs_to_the_end_where_the_pruner_would_stop_it(split_folder, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 3\npruner: {name: median, n_startup_trials: 0, n_warmup_steps: 0}\n"
+                     "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
+    out = tmp_path / "run"
+    common = dict(space=str(space), device="cpu", out=str(out), study="p", report=False, seed=1, rank=False,
+                  backbones="acme/good,acme/constant", plugins=[str(FIXTURE_PLUGINS / "ranked.py")])
+    autotl.search(str(split_folder), trials=1, default_trials=1, **common)  # the recipe on acme/good
+    study = study_of(out)
+    for protected in (False, True):
+        study.enqueue_trial({"backbone": "acme/constant", "adapter": "linear"},
+                            user_attrs={"origin": "default recipe", **({"never_pruned": True} if protected else {})})
+        autotl.search(str(split_folder), trials=1, default_trials=0, **common)
+    ordinary, protected = study_of(out).trials[1:]
+    assert ordinary.state.name == "PRUNED" and len(ordinary.intermediate_values) < 3
+    assert protected.state.name == "COMPLETE" and len(protected.intermediate_values) == 3
