@@ -107,9 +107,17 @@ def predict_proba(module: nn.Module, data: TensorSet, device: torch.device, batc
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> List[torch.Tensor]:
+    """A shuffled epoch in ``ceil(n / batch_size)`` batches of nearly equal size (at most ``batch_size``).
+
+    Equal batches, not full ones plus a ragged tail: on a small target the tail can be a handful of
+    images (20 images in batches of 16 leave a batch of 4), whose noisy step and BatchNorm statistics
+    cost accuracy. A batch of one image breaks BatchNorm in train mode: equal batches only have one
+    when ``batch_size`` is 1, and then a trailing one is dropped as before.
+    """
     order = torch.randperm(n, generator=generator)
-    chunks = list(order.split(max(1, min(batch_size, n))))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:  # a batch of one breaks BatchNorm in train mode
+    count = max(1, -(-n // max(1, batch_size)))
+    chunks = [c for c in torch.tensor_split(order, count) if len(c)]
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
         chunks = chunks[:-1]
     return chunks
 
