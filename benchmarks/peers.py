@@ -77,7 +77,6 @@ def freeze(model: Any, fraction: float) -> None:
     from timm.models import group_parameters
 
     groups = group_parameters(model, model.group_matcher(coarse=True))
-    names = [n for g in sorted(groups) for n in groups[g]]
     group_names = [groups[g] for g in sorted(groups)]
     head = set(group_names[-1]) | {n for n, _ in model.get_classifier().named_parameters(prefix="head")}
     body = group_names[:-1] if len(group_names) > 1 else group_names
@@ -85,7 +84,6 @@ def freeze(model: Any, fraction: float) -> None:
     frozen = {n for g in body[:k] for n in g} - head
     for n, p in model.named_parameters():
         p.requires_grad = n not in frozen
-    del names
 
 
 def accuracy(model: Any, x: Any, y: Any) -> float:

@@ -106,3 +106,19 @@ def test_bad_device(spec, pattern):
 def test_auto_device_falls_back_to_cpu():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == CPU
+
+
+def test_an_epoch_is_split_into_equal_batches_not_a_ragged_tail(plugins, tmp_path):
+    """20 images in batches of at most 16 train as 10 + 10, not 16 + a noisy batch of 4."""
+    from conftest import make_folder
+
+    dataset = load_dataset(str(make_folder(tmp_path / "d", per_class=10, classes=("a", "b"))), val_fraction=0.5)
+    model = build(plugins, outputs=2)
+    train, val = tensors(dataset, model)
+    assert len(train) == 10
+    seen = []
+    handle = model.module.register_forward_pre_hook(lambda _m, args: seen.append(len(args[0])))
+    fit(model, train, val, trial_params(batch_size=6), epochs=2, metric="accuracy", device=CPU)
+    handle.remove()
+    train_batches = [n for n in seen if n != len(val)]  # the rest are validation passes
+    assert train_batches == [5, 5, 5, 5]  # ceil(10 / 6) = 2 equal batches per epoch; old code: 6 + 4
