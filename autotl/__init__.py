@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .checkpoints import read_weights
-from .errors import (AutotlError, BuildError, ConfigError, DataError, ModelError, PluginError, RegistryError,
+from .errors import (AutotlError, AutotlWarning, BuildError, ConfigError, DataError, ModelError, PluginError, RegistryError,
                      SpaceError, TrialError, UsageError)
 from .hookspecs import hookimpl
 from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
@@ -24,7 +24,7 @@ __all__ = [
     "__version__", "hookimpl", "SourceModel", "TargetAdapter", "DatasetSource", "PluginSettings",
     "TrialRecord", "RunResult", "search", "pretrain", "predict", "get_plugin_manager",
     "AutotlError", "UsageError", "ConfigError", "SpaceError", "DataError", "PluginError", "RegistryError",
-    "TrialError", "BuildError", "ModelError", "read_weights",
+    "TrialError", "BuildError", "ModelError", "AutotlWarning", "read_weights",
 ]
 
 

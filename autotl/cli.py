@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run frozen layers every epoch instead of caching their outputs")
     s.add_argument("--feature-cache-mb", type=int, default=2048, metavar="MB",
                    help="memory bound of the feature cache (default 2048); more spills to the run folder")
+    s.add_argument("--data-path", default="auto", choices=("auto", "resident", "cache", "stream"),
+                   help="how splits are held: resident tensors in memory, a uint8 cache on disk streamed in batches, "
+                        "or decoded again every epoch; auto (default) keeps a split resident when it fits --resident-mb")
+    s.add_argument("--resident-mb", type=_non_negative_int, default=512, metavar="MB",
+                   help="auto keeps a split resident when its preprocessed tensors fit this budget (default 512)")
+    s.add_argument("--data-cache", metavar="DIR", help="where the decoded uint8 cache is written "
+                                                       "(default: the run folder's data_cache/)")
     s.add_argument("--compile", action="store_true", help="torch.compile each trial's network (CUDA)")
     s.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes on this machine, sharing the study (default 1)")
@@ -157,6 +164,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     timeout=args.timeout, epochs=args.epochs, metric=args.metric, task=args.task, device=args.device, out=args.out,
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
+                    data_path=args.data_path, resident_mb=args.resident_mb, data_cache=args.data_cache,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
                     artifacts=args.artifacts, keep_top=args.keep_top, soup=args.soup, rank=args.rank, preselect=args.preselect,
                     warm_start=args.warm_start,

@@ -17,6 +17,8 @@ TASK_METRICS = {"multiclass": ("accuracy", "balanced_accuracy", "macro_f1"),
                 "multilabel": ("map", "macro_f1", "micro_f1"),
                 "regression": ("rmse", "mae", "r2")}
 TASKS = ("auto", *TASK_METRICS)
+#: How a search holds its splits: see autotl.tensors.TensorCache.
+DATA_PATHS = ("auto", "resident", "cache", "stream")
 DEFAULT_TRIALS = 20
 
 
@@ -50,6 +52,9 @@ class RunConfig:
     report: bool = True
     feature_cache: bool = True  # reuse frozen layers' outputs across epochs and trials
     feature_cache_mb: int = 2048  # in-memory bound of the feature cache; the rest spills to the run folder
+    data_path: str = "auto"  # auto, resident, cache or stream: how splits are held (autotl.tensors.TensorCache)
+    resident_mb: int = 512  # auto keeps a split resident when its float32 tensors fit this many megabytes
+    data_cache: Optional[str] = None  # where stored forms are written (default: the run folder's data_cache/)
     compile: bool = False  # torch.compile each trial's network
     default_trials: int = 3  # the first trials: the default recipe on this many leading backbones
     workers: int = 1  # worker processes on this machine
@@ -70,6 +75,9 @@ class RunConfig:
                    name, "an int >= 1", value)
         _check(isinstance(self.feature_cache_mb, int) and self.feature_cache_mb >= 0, "feature_cache_mb",
                "an int >= 0 (megabytes)", self.feature_cache_mb)
+        _check(self.data_path in DATA_PATHS, "data_path", f"one of {', '.join(DATA_PATHS)}", self.data_path)
+        _check(isinstance(self.resident_mb, int) and not isinstance(self.resident_mb, bool) and self.resident_mb >= 0,
+               "resident_mb", "an int >= 0 (megabytes; 0 streams every split)", self.resident_mb)
         _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
         _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,

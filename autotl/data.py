@@ -1,38 +1,46 @@
-"""Dataset sources -> decoded, labelled train/val/test splits held in memory.
+"""Dataset sources -> labelled train/val/test splits of items (file paths or in-memory samples).
 
 Sources: an ImageFolder tree (class subfolders, or ``train/``, ``val/``, ``test/`` split folders
 that each hold class subfolders), a CSV with ``path,label`` (and optional ``split``) columns,
 or ``builtin:NAME`` from a dataset plugin. Without a val split, a stratified split of train is
-drawn with a fixed seed. Images are decoded once to RGB and kept in memory.
+drawn with a fixed seed. Nothing is decoded here: each item's header is checked (an unreadable
+one is skipped and counted), and the data path (:mod:`autotl.tensors`) decodes items when a
+trial first needs them, at the size the trial's source needs.
 """
 from __future__ import annotations
 
 import csv
-import warnings
+import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from .errors import DataError
+from .errors import DataError, warn
+from .modality import IMAGE, UNREADABLE
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
 
 
-@dataclass(frozen=True)
-class ImageSet:
-    """Decoded RGB images with integer labels indexing ``Dataset.classes``."""
+@dataclass(frozen=True, eq=False)
+class SampleSet:
+    """One split: its items (file paths, or samples a dataset plugin holds in memory), their labels
+    (indexing ``Dataset.classes``, or the task's target form), and the path shown for each.
 
-    images: Tuple[Image.Image, ...]
+    ``digest`` names the items' content (paths with their size and modification time, or the bytes
+    of in-memory samples): stored forms and cached features are keyed on it.
+    """
+
+    items: Tuple[Any, ...]
     labels: np.ndarray
     paths: Tuple[str, ...]
+    digest: str = ""
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.items)
 
     def counts(self, classes: Sequence[str]) -> Dict[str, int]:
         c = Counter(self.labels.tolist())
@@ -46,9 +54,9 @@ class Dataset:
     name: str
     source: str
     classes: Tuple[str, ...]
-    train: ImageSet
-    val: ImageSet
-    test: Optional[ImageSet]
+    train: SampleSet
+    val: SampleSet
+    test: Optional[SampleSet]
     val_from: str  # "given", "stratified" or "random"
     skipped: int
     task: str = "multiclass"  # labels: class indices (N,); multilabel: 0/1 (N, C); regression: floats (N,)
@@ -70,28 +78,42 @@ class Dataset:
         return facts
 
 
-Item = Tuple[Any, str, str]  # (image or path, label, shown path)
+ImageSet = SampleSet  # the name of earlier versions
+
+Item = Tuple[Any, str, str]  # (path or in-memory sample, label, shown path)
 
 
-def _decode(item: Any) -> Image.Image:
-    if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    if isinstance(item, np.ndarray):
-        arr = item if item.dtype == np.uint8 else np.clip(item, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
-    with Image.open(item) as img:
-        img.load()
-        return img.convert("RGB")
-
-
-def _decode_all(items: Sequence[Item]) -> Tuple[List[Tuple[Image.Image, str, str]], List[str]]:
+def _probe_all(items: Sequence[Item], modality: Any) -> Tuple[List[Item], List[str]]:
+    """The items whose header reads, and the shown paths of those that do not."""
     good, bad = [], []
     for obj, label, shown in items:
         try:
-            good.append((_decode(obj), label, shown))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            modality.probe(obj)
+            good.append((obj, label, shown))
+        except UNREADABLE:
             bad.append(shown)
     return good, bad
+
+
+def items_digest(items: Sequence[Any]) -> str:
+    """A hash naming the items' content: a file by its path, size and modification time; an
+    in-memory sample by its bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for item in items:
+        if isinstance(item, np.ndarray):
+            h.update(f"a{item.dtype}{item.shape}".encode())
+            h.update(np.ascontiguousarray(item).tobytes())
+        elif hasattr(item, "tobytes") and hasattr(item, "mode"):  # a PIL image
+            h.update(f"i{item.mode}{item.size}".encode())
+            h.update(item.tobytes())
+        else:
+            path = str(item)
+            try:
+                st = os.stat(path)
+                h.update(f"p{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"p{path}|missing".encode())
+    return h.hexdigest()
 
 
 def _class_folder_items(root: Path) -> List[Item]:
@@ -200,7 +222,7 @@ def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
             for split, rows in raw.items() if split in SPLIT_NAMES}
 
 
-def _image_set(rows: Sequence[Tuple[Image.Image, Any, str]], index: Mapping[str, int], task: str) -> ImageSet:
+def _sample_set(rows: Sequence[Item], index: Mapping[str, int], task: str) -> SampleSet:
     if task == "regression":
         labels = np.array([r[1] for r in rows], dtype=np.float32)
     elif task == "multilabel":
@@ -209,7 +231,8 @@ def _image_set(rows: Sequence[Tuple[Image.Image, Any, str]], index: Mapping[str,
             labels[i, [index[v] for v in r[1]]] = 1.0
     else:
         labels = np.array([index[r[1]] for r in rows], dtype=np.int64)
-    return ImageSet(images=tuple(r[0] for r in rows), labels=labels, paths=tuple(r[2] for r in rows))
+    items = tuple(r[0] for r in rows)
+    return SampleSet(items=items, labels=labels, paths=tuple(r[2] for r in rows), digest=items_digest(items))
 
 
 def random_split(rows: Sequence[Tuple[Any, Any, str]], fraction: float, seed: int) -> Tuple[list, list]:
@@ -246,7 +269,7 @@ def stratified_split(rows: Sequence[Tuple[Any, str, str]], fraction: float, seed
 
 def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction: float = 0.2,
                  task: str = "auto") -> Dataset:
-    """Load ``spec`` (a folder, a ``.csv`` file or ``builtin:NAME``) into decoded splits.
+    """Load ``spec`` (a folder, a ``.csv`` file or ``builtin:NAME``) into labelled splits.
 
     ``task`` is ``auto`` (a CSV's ``labels`` column means multilabel, ``target`` regression,
     ``label`` multiclass; folders and builtins are multiclass), or one of those names.
@@ -274,10 +297,11 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
     decoded: Dict[str, list] = {}
     skipped: List[str] = []
     for split, items in raw.items():
-        decoded[split], bad = _decode_all(items)
+        decoded[split], bad = _probe_all(items, IMAGE)
         skipped += bad
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}", stacklevel=2)
+        warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}",
+             "remove or replace them; the search goes on without them")
     if not decoded.get("train"):
         raise DataError(f"no readable training images in {spec!r}", "check the files are images")
     classes = _classes(spec, task, decoded)
@@ -285,7 +309,8 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
         train_rows, val_rows, val_from = decoded["train"], decoded["val"], "given"
         missing = sorted(set(classes) - set(_label_names(task, val_rows))) if task == "multiclass" else []
         if missing:
-            warnings.warn(f"the val split has no images of class(es) {', '.join(missing[:5])}", stacklevel=2)
+            warn(f"the val split has no images of class(es) {', '.join(missing[:5])}",
+                 "add some, or drop the val/ folder to let autotl split one off train")
     elif task == "multiclass":
         train_rows, val_rows = stratified_split(decoded["train"], val_fraction, seed)
         val_from = "stratified"
@@ -293,9 +318,9 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
         train_rows, val_rows = random_split(decoded["train"], val_fraction, seed)
         val_from = "random"
     index = {c: i for i, c in enumerate(classes)}
-    test = _image_set(decoded["test"], index, task) if decoded.get("test") else None
-    return Dataset(name=label, source=spec, classes=classes, train=_image_set(train_rows, index, task),
-                   val=_image_set(val_rows, index, task), test=test, val_from=val_from, skipped=len(skipped),
+    test = _sample_set(decoded["test"], index, task) if decoded.get("test") else None
+    return Dataset(name=label, source=spec, classes=classes, train=_sample_set(train_rows, index, task),
+                   val=_sample_set(val_rows, index, task), test=test, val_from=val_from, skipped=len(skipped),
                    task=task)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import optuna
 
 from .config import RunConfig
+from .errors import warn
 from .types import RunResult, TrialRecord
 
 
@@ -73,7 +74,8 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     study = open_study(name, storage, space, metric, config.seed)
     task = make_task(dataset.task, dataset.train.labels)
     dev = resolve_device(device or config.device)
-    tensors = TensorCache(task)
+    tensors = TensorCache(task, data_path=config.data_path, resident_mb=config.resident_mb,
+                          cache_dir=Path(config.data_cache) if config.data_cache else out_dir / "data_cache")
     features = FeatureCache(config.feature_cache_mb, spill_dir=out_dir / "feature_cache") if config.feature_cache else None
     ranking = study_ranking(study)
     if ranking is None and create and config.rank and dataset.task == "multiclass" and len(space.backbones) > 1:
@@ -144,7 +146,8 @@ def run_here(ctx: SearchContext, *, target: Optional[int], deadline: Optional[fl
             try:
                 on_trial(record)
             except Exception as exc:  # a progress callback never stops the search
-                warnings.warn(f"on_trial callback raised {type(exc).__name__}: {exc}", stacklevel=2)
+                warn(f"the on_trial callback raised {type(exc).__name__}: {exc}",
+                     "fix the callback; the search went on without it")
 
     runner = TrialRunner(config=config, space=ctx.space, dataset=ctx.dataset, task=ctx.task, metric=ctx.metric,
                          plugins=ctx.plugins, device=ctx.device, tensors=ctx.tensors, on_best=on_best,
@@ -160,12 +163,14 @@ def _worker_main(config: RunConfig, index: int, device: str, threads: int, targe
     import torch
 
     from .progress import Progress
+    from .study import steady_heap
 
     torch.set_num_threads(max(1, threads))
     warnings.filterwarnings("ignore", module="timm")
     warnings.filterwarnings("ignore", category=FutureWarning)
     ctx = prepare(config, device=device, create=False)
-    run_here(ctx, target=target, deadline=deadline, progress=Progress())
+    with steady_heap():
+        run_here(ctx, target=target, deadline=deadline, progress=Progress())
 
 
 def _cpus() -> int:
@@ -210,8 +215,8 @@ def run_workers(ctx: SearchContext, *, target: Optional[int], deadline: Optional
             p.join(timeout=30)
     failed = [p.name for p in procs if p.exitcode not in (0, None)]
     if failed:
-        warnings.warn(f"{len(failed)} worker(s) exited with an error ({', '.join(failed)}); the study keeps every "
-                      "finished trial", stacklevel=2)
+        warn(f"{len(failed)} worker(s) exited with an error ({', '.join(failed)}); the study keeps every finished trial",
+             "see the worker's error above; run the same command again to run the rest of the budget")
 
 
 def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResult:
@@ -225,12 +230,12 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
     all_records = records(study)
     if not interrupted and config.soup > 1:
         cook_soup(ctx)
-    test = (score_test_split(study, ctx.artifacts, ctx.dataset, ctx.device, ctx.plugins, ctx.task)
+    test = (score_test_split(study, ctx.artifacts, ctx.dataset, ctx.device, ctx.plugins, ctx.task, ctx.tensors)
             if not interrupted else None)
     label = mask_url(storage_label(config.storage, ctx.out_dir))
     summary = summarize(study, all_records, out_dir=ctx.artifacts, metric=ctx.metric,
                         elapsed_s=time.perf_counter() - started, test=test,
-                        extra={"dataset": ctx.dataset.describe(), "device": str(ctx.device),
+                        extra={"dataset": dataset_facts(ctx.dataset, study), "device": str(ctx.device),
                                "space": ctx.space.file.path, "storage": label, "out_dir": str(ctx.out_dir),
                                "artifacts": str(ctx.artifacts), "workers": config.workers})
     write_run_folder(ctx.out_dir, summary, all_records)
@@ -239,8 +244,8 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
         try:
             write_report(study, ctx.out_dir, facts=facts)
         except Exception as exc:  # a report problem never loses the finished search
-            warnings.warn(f"could not write the report: {type(exc).__name__}: {exc}; "
-                          f"retry with `autotl report {ctx.out_dir}`", stacklevel=2)
+            warn(f"could not write the report: {type(exc).__name__}: {exc}",
+                 f"the trials and best/ are saved; retry with `autotl report {ctx.out_dir}`")
     result = RunResult(study=ctx.name, out_dir=str(ctx.out_dir), storage=label, metric=ctx.metric,
                        direction=direction(ctx.metric), summary=summary, trials=all_records, report=facts)
     if not interrupted and config.warm_start != "off":
@@ -249,9 +254,25 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
         try:
             record_search(study, meta_features(ctx.dataset, ctx.ranking), ctx.metric)
         except OSError as exc:  # a read-only home folder never fails the search
-            warnings.warn(f"could not record the search in the warm-start history: {exc}", stacklevel=2)
+            warn(f"could not record the search in the warm-start history: {exc}",
+                 "make that file writable or point $AUTOTL_HISTORY elsewhere; --warm-start off skips the history")
     ctx.plugins.search_finished(result)
     return result
+
+
+def dataset_facts(dataset: Any, study: optuna.Study) -> Dict[str, Any]:
+    """The dataset's facts, with the images found unreadable after loading (while decoding or
+    streaming, in any worker) added to those skipped at load time."""
+    late: set = set()
+    most = 0
+    for t in study.get_trials(deepcopy=False):
+        data = t.user_attrs.get("data") or {}
+        late.update(data.get("skipped_examples") or [])
+        most = max(most, int(data.get("skipped") or 0))
+    facts = dataset.describe()
+    facts["skipped_late"] = max(len(late), most)
+    facts["skipped"] = int(facts.get("skipped", 0)) + facts["skipped_late"]
+    return facts
 
 
 def cook_soup(ctx: SearchContext) -> None:
@@ -263,7 +284,8 @@ def cook_soup(ctx: SearchContext) -> None:
         try:
             greedy_soup(ctx)
         except Exception as exc:  # the soup only improves a finished search: never lose it for the soup
-            warnings.warn(f"skipped the greedy soup: {type(exc).__name__}: {exc}", stacklevel=2)
+            warn(f"skipped the greedy soup: {type(exc).__name__}: {exc}",
+                 "best/ keeps the best trial's own weights; pass --soup 0 to skip the soup")
         trim_top(ctx.artifacts, ctx.name, ctx.metric, ctx.config.keep_top)
 
 
@@ -271,6 +293,7 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
                progress: Any = None) -> RunResult:
     """Prepare, run the trials (here, or in ``config.workers`` processes), and finish."""
     from .progress import Progress
+    from .study import steady_heap
 
     started = time.perf_counter()
     progress = progress if progress is not None else Progress()
@@ -278,17 +301,18 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     target = started_trials(ctx.study) + config.n_trials if config.n_trials is not None else None
     deadline = time.time() + config.timeout if config.timeout else None
     interrupted = False
-    progress.search_started(config.n_trials, config.timeout)
-    try:
-        if config.workers > 1:
-            run_workers(ctx, target=target, deadline=deadline, progress=progress)
-        else:
-            run_here(ctx, target=target, deadline=deadline, progress=progress, on_trial=on_trial)
-    except KeyboardInterrupt:
-        interrupted = True
-        mark_interrupted(ctx.study)
-    finally:
-        progress.search_finished()
+    with steady_heap():
+        progress.search_started(config.n_trials, config.timeout)
+        try:
+            if config.workers > 1:
+                run_workers(ctx, target=target, deadline=deadline, progress=progress)
+            else:
+                run_here(ctx, target=target, deadline=deadline, progress=progress, on_trial=on_trial)
+        except KeyboardInterrupt:
+            interrupted = True
+            mark_interrupted(ctx.study)
+        finally:
+            progress.search_finished()
     result = finish(ctx, started=started, interrupted=interrupted)
     if interrupted:
         raise KeyboardInterrupt

@@ -58,3 +58,48 @@ class BuildError(TrialError):
 
 class ModelError(AutotlError):
     """A saved model cannot be loaded or used."""
+
+
+class AutotlWarning(UserWarning):
+    """Something the user should know that does not stop the run; shown as one line,
+    ``warning: <what> — <what to do>``, never with autotl's file and source line."""
+
+    def __init__(self, what: str, fix: str = "") -> None:
+        self.what = " ".join(str(what).split())
+        self.fix = " ".join(str(fix).split())
+        super().__init__(f"{self.what} — {self.fix}" if self.fix else self.what)
+
+
+def warn(what: str, fix: str = "") -> None:
+    """Warn the user in one line (Python's warning filters still apply, so tests and users can
+    silence or raise them)."""
+    import warnings
+
+    warnings.warn(AutotlWarning(what, fix), stacklevel=2)
+
+
+def _install_warning_format() -> None:
+    """Show :class:`AutotlWarning` as ``warning: <what> — <what to do>``; every other warning keeps
+    Python's own format."""
+    import sys
+    import warnings
+
+    previous = warnings.showwarning
+    if getattr(previous, "_autotl", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if isinstance(message, AutotlWarning) or (isinstance(category, type) and issubclass(category, AutotlWarning)):
+            stream = file if file is not None else sys.stderr
+            try:
+                stream.write(f"warning: {message}\n")
+            except (OSError, AttributeError):
+                pass
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    show._autotl = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
+_install_warning_format()

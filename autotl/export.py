@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .errors import ModelError
+from .errors import DataError, ModelError
 from .runfolder import CONFIG_NAME  # one name for best/'s config, shared with the run folder
 from .types import SourceModel, TargetAdapter
 
@@ -32,14 +32,31 @@ def _plain_timm(architecture: str, num_classes: int, model_kwargs: Mapping[str, 
     return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **dict(model_kwargs))
 
 
+_PLAIN_SHAPES: Dict[str, Optional[Dict[str, Tuple[int, ...]]]] = {}
+
+
+def _plain_timm_shapes(architecture: str, num_classes: int, model_kwargs: Mapping[str, Any]
+                       ) -> Optional[Dict[str, Tuple[int, ...]]]:
+    """Each state-dict key of plain ``timm.create_model(architecture, num_classes=C, **kwargs)`` with its
+    shape (None when timm cannot build it), built once per process: every new best asks again."""
+    key = json.dumps([architecture, num_classes, dict(model_kwargs)], sort_keys=True, default=str)
+    if key not in _PLAIN_SHAPES:
+        try:
+            state = _plain_timm(architecture, num_classes, model_kwargs).state_dict()
+            _PLAIN_SHAPES[key] = {k: tuple(v.shape) for k, v in state.items()}
+        except Exception:
+            _PLAIN_SHAPES[key] = None
+    return _PLAIN_SHAPES[key]
+
+
 def _loads_into_plain_timm(source: SourceModel, num_classes: int, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` would load strictly into plain timm: the same keys with the same shapes."""
     if not source.architecture:
         return False
-    try:
-        _plain_timm(source.architecture, num_classes, source.model_kwargs).load_state_dict(state, strict=True)
-        return True
-    except Exception:
+    shapes = _plain_timm_shapes(source.architecture, num_classes, source.model_kwargs)
+    if shapes is None or set(shapes) != set(state):
         return False
+    return all(hasattr(v, "shape") and tuple(v.shape) == shapes[k] for k, v in state.items())
 
 
 def merged_for_export(module: torch.nn.Module, state: Mapping[str, torch.Tensor], adapter: TargetAdapter,
@@ -239,7 +256,8 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     above the threshold, joined by ``;``) and one ``p_<label>`` column per label; regression
     ``prediction``.
     """
-    from .data import LABEL_SEPARATOR, _decode
+    from .data import LABEL_SEPARATOR
+    from .modality import IMAGE, UNREADABLE
     from .tasks import task_from_config
     from .tensors import to_tensors
     from .trainer import predict_outputs, resolve_device
@@ -247,15 +265,18 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     module, config = load_model(model_dir, plugins)
     task = task_from_config(config)
     paths = _expand_images(images)
-    decoded, bad = [], []
+    bad = []
     for p in paths:
         try:
-            decoded.append(_decode(p))
-        except (OSError, ValueError, SyntaxError):
+            IMAGE.probe(p)
+        except UNREADABLE:
             bad.append(p)
     if bad:
         raise ModelError(f"cannot read {len(bad)} image(s), e.g. {bad[0]}", "pass readable image files")
-    data = to_tensors(decoded, np.zeros(len(decoded), dtype=np.int64), config["data_config"])
+    try:
+        data = to_tensors(paths, np.zeros(len(paths), dtype=np.int64), config["data_config"])
+    except DataError as exc:
+        raise ModelError(exc.what, "pass readable image files") from exc
     dev = resolve_device(device)
     outputs = predict_outputs(module.to(dev), data, dev, task)
     classes = config["classes"]

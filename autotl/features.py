@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ import torch
 from torch import nn
 
 from .model import AdaptedModel
-from .tensors import TensorSet
 
 
 @dataclass
@@ -204,19 +202,10 @@ def prefix_fingerprint(model: AdaptedModel, split: Split) -> str:
     return h.hexdigest()
 
 
-_DATA_DIGESTS: Dict[int, Tuple[Any, str]] = {}
-
-
-def data_digest(data: TensorSet) -> str:
-    """A hash of the preprocessed images, remembered per tensor set."""
-    cached = _DATA_DIGESTS.get(id(data))
-    if cached is not None and cached[0] is data:
-        return cached[1]
-    h = hashlib.blake2b(digest_size=16)
-    _digest_tensor(h, data.x)
-    digest = h.hexdigest()
-    _DATA_DIGESTS[id(data)] = (data, digest)
-    return digest
+def data_digest(data: Any) -> str:
+    """The name of a split's preprocessed content: carried by the set itself (so nothing here
+    keeps a data set alive)."""
+    return data.content_digest() if hasattr(data, "content_digest") else data.digest
 
 
 # -- the cache --------------------------------------------------------------------------------
@@ -295,7 +284,7 @@ class FeatureCache:
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
 
-    def features(self, model: AdaptedModel, split: Split, data: TensorSet, device: torch.device,
+    def features(self, model: AdaptedModel, split: Split, data: Any, device: torch.device,
                  autocast: Any, batch_size: int = 256) -> torch.Tensor:
         """The prefix's output for every image of ``data``, from the cache or computed now."""
         amp = getattr(autocast, "fast_dtype", None) if getattr(autocast, "_enabled", True) else None
@@ -305,17 +294,21 @@ class FeatureCache:
         if found is not None:
             return found
         self.stats["misses"] += 1
+        from .streaming import sequential
+
         module = model.module
         was_training = module.training
         module.eval()
         outs = []
         with torch.no_grad():
-            for start in range(0, len(data), batch_size):
-                x = data.x[start:start + batch_size].to(device, non_blocking=True)
+            for x, positions in data.batches(sequential(len(data), batch_size), device):
                 if device.type == "cuda" and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast:
                     outs.append(split.prefix(x).detach().to("cpu"))
+        if sum(len(o) for o in outs) != len(data):  # a streamed sample was unreadable: rows would not line up
+            module.train(was_training)
+            raise RuntimeError("a sample could not be read")
         module.train(was_training)
         feats = torch.cat(outs) if outs else torch.zeros(0)
         self.put(key, feats)
@@ -326,7 +319,9 @@ def describe(cache: Optional[FeatureCache]) -> Dict[str, Any]:
     return {} if cache is None else {**cache.stats, "megabytes": round(cache.bytes / 2**20, 1)}
 
 
-def warn_once(message: str, _seen: set = set()) -> None:  # noqa: B006 - the set is the memory
+def warn_once(message: str, fix: str = "", _seen: set = set()) -> None:  # noqa: B006 - the set is the memory
+    from .errors import warn
+
     if message not in _seen:
         _seen.add(message)
-        warnings.warn(message, stacklevel=3)
+        warn(message, fix)

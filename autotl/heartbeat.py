@@ -42,13 +42,24 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"autotl-heartbeat-{trial_id}", daemon=True)
 
     def __enter__(self) -> "Heartbeat":
-        self._beat()
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self, beat_now: bool = True) -> "Heartbeat":
+        """Start beating; ``beat_now=False`` when the caller has just stored a beat itself (autotl's
+        trials store the first one with their other attributes, in one write)."""
+        if beat_now:
+            self._beat()
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> None:
+        """Stop beating (a no-op if never started)."""
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _beat(self) -> None:
         try:

@@ -33,7 +33,15 @@ def meta_features(dataset: Any, ranking: Any = None) -> Dict[str, Any]:
     """What describes a target for similarity: its task, size, classes, image size, and LogME per source."""
     import numpy as np
 
-    sides = [math.sqrt(img.size[0] * img.size[1]) for img in dataset.train.images[:500]]
+    from .modality import IMAGE, UNREADABLE
+
+    sides = []
+    for item in dataset.train.items[:500]:
+        try:
+            w, h = IMAGE.size(item)
+            sides.append(math.sqrt(w * h))
+        except UNREADABLE:
+            continue
     return {"task": dataset.task, "n_train": len(dataset.train), "n_classes": len(dataset.classes),
             "image_side": float(np.median(sides)) if sides else 0.0, "channels": 3,
             "logme": {name: s["logme"] for name, s in (ranking.scores.items() if ranking else [])}}

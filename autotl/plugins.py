@@ -11,7 +11,6 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pluggy
 
 from . import hookspecs
-from .errors import AutotlError, PluginError
+from .errors import AutotlError, PluginError, warn
 from .registry import Registry
 from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
 
@@ -82,8 +81,8 @@ class Plugins:
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
             except Exception as exc:  # observers never break a search
-                warnings.warn(f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}",
-                              stacklevel=2)
+                warn(f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}",
+                     f"fix the plugin, or stop loading it with --block-plugin {impl.plugin_name}; the search goes on")
 
     def describe(self) -> List[Dict[str, Any]]:
         """Each loaded plugin with the hooks it implements, in load order."""

@@ -21,7 +21,7 @@ def pretrain_source(data: str, plugins: Any, *, backbone: str, out: str, epochs:
     from .data import load_dataset
     from .model import build_model
     from .space import TrialParams
-    from .tensors import to_tensors
+    from .tensors import TensorCache
     from .trainer import fit, resolve_device
 
     target = Path(out)
@@ -44,8 +44,8 @@ def pretrain_source(data: str, plugins: Any, *, backbone: str, out: str, epochs:
     params = TrialParams(backbone=backbone, adapter="linear", freeze_depth=0.0, head_lr=lr, backbone_lr="multiplier",
                          backbone_lr_mult=1.0, layer_decay=None, weight_decay=0.05, batch_size=batch_size,
                          warmup_epochs=1, label_smoothing=0.0)
-    result = fit(model, to_tensors(dataset.train.images, dataset.train.labels, cfg),
-                 to_tensors(dataset.val.images, dataset.val.labels, cfg), params, epochs=epochs, metric="accuracy",
+    tensors = TensorCache()
+    result = fit(model, tensors.get(dataset.train, cfg), tensors.get(dataset.val, cfg), params, epochs=epochs, metric="accuracy",
                  device=dev, seed=seed)
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(target))

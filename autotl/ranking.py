@@ -52,10 +52,11 @@ def pooled_features(source: Any, adapters: Any, dataset: Any, tensors: Any, devi
     split = plan_split(model, frozenset())
     train = tensors.get(dataset.train, model.data_config)
     if split is None:  # no way to cut the head off: fall back to the whole network's outputs
+        from .streaming import sequential
+
         model.module.eval()
         with torch.no_grad():
-            feats = torch.cat([model.module(train.x[i:i + 256].to(device)).float().cpu()
-                               for i in range(0, len(train), 256)])
+            feats = torch.cat([model.module(x).float().cpu() for x, _ in train.batches(sequential(len(train)), device)])
     else:
         feats = (cache or FeatureCache()).features(model, split, train, device, _autocast(device)[0])
     return feats.double().reshape(len(train), -1).numpy()

@@ -50,8 +50,9 @@ def model_key(trial: Any, soup: Optional[Dict[str, Any]] = None) -> str:
 
 
 def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: Any, plugins: Any,
-                     task: Any = None) -> Optional[Dict[str, Any]]:
-    """Score the best trial on the test split, once: the result is kept in the study's user attrs."""
+                     task: Any = None, tensors: Any = None) -> Optional[Dict[str, Any]]:
+    """Score the best trial on the test split, once: the result is kept in the study's user attrs.
+    ``tensors`` is the search's data path (the test split is then held like the others)."""
     if dataset.test is None:
         return None
     try:
@@ -66,11 +67,12 @@ def score_test_split(study: optuna.Study, out_dir: Path, dataset: Any, device: A
     if key in cached:
         return cached[key]
     from .export import load_model
-    from .tensors import to_tensors
+    from .tensors import TensorCache
     from .trainer import evaluate
 
     module, config = load_model(str(out_dir / BEST_DIR), plugins)
-    scores = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"], task), device,
+    tensors = tensors if tensors is not None else TensorCache(task)
+    scores = evaluate(module, tensors.get(dataset.test, config["data_config"]), device,
                       task, list(dataset.classes))
     study.set_user_attr(TEST_ATTR, {**cached, key: scores})
     return scores

@@ -92,11 +92,12 @@ def greedy_soup(ctx: Any) -> Optional[SoupResult]:
     module, _ = load_model(str(best_dir), ctx.plugins)
     module.to(ctx.device)
     val = ctx.tensors.get(ctx.dataset.val, config["data_config"])
-    y = val.y.numpy()
 
     def score(state: Mapping[str, torch.Tensor]) -> float:
         module.load_state_dict(state)
-        return ctx.task.score(ctx.metric, y, predict_outputs(module, val, ctx.device, ctx.task))
+        rows: List[int] = []
+        out = predict_outputs(module, val, ctx.device, ctx.task, rows=rows)
+        return ctx.task.score(ctx.metric, val.y.numpy()[rows], out)
 
     first = read_weights(str(best_dir / WEIGHTS_NAME))
     states = [read_weights(str(folder / WEIGHTS_NAME)) for _, folder in candidates]

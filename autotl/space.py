@@ -8,7 +8,6 @@ and the recipe knobs. Each knob is either a fixed value, a range ``{low, high, l
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .errors import RegistryError, SpaceError
+from .errors import RegistryError, SpaceError, warn
 from .selection import DEFAULT_RULE
 
 #: Core knobs: (python type, default, lowest allowed, highest allowed). docs/user-guide.md explains each.
@@ -447,8 +446,8 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
         adapter = plugins.adapters.get(name)
         missing = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
         if missing:
-            warnings.warn(f"{file.path}: adapter {name!r} needs {', '.join(missing)}, which is not installed; "
-                          f"searching without it (pip install {' '.join(missing)})", stacklevel=2)
+            warn(f"{file.path}: adapter {name!r} needs {', '.join(missing)}, which is not installed; "
+                 "searching without it", f"pip install {' '.join(missing)}, or drop {name!r} from adapters")
             continue
         usable.append(name)
         adapter_specs[name] = _adapter_specs(file, adapter)

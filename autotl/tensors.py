@@ -1,19 +1,26 @@
-"""Decoded images -> model-ready tensors, preprocessed the way each source model expects.
+"""Splits -> what a trial trains and scores on: resident tensors or streamed batches.
 
-Preprocessing follows the source's data config through timm's ``create_transform``. The result
-is cached per (image set, data config), so trials that share a backbone's preprocessing
-transform the images only once.
+Preprocessing follows the source's data config through timm's ``create_transform``: the
+evaluation resize (at decode time, see :mod:`autotl.modality`), then the centre crop, or the
+trial's :class:`Augmentation`, then normalisation. :class:`TensorCache` decides per split and
+data config whether it is kept resident or streamed from the disk cache, and shares the result
+among the search's trials.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import os
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .streaming import StreamSet, loader_workers  # noqa: F401 - loader_workers is part of this module's API
+from .config import DATA_PATHS
 from .types import DATA_CONFIG_KEYS
 
 
@@ -62,77 +69,50 @@ class Augmentation:
         return self.crop_scale < 1.0 or self.hflip > 0 or self.translate > 0 or self.policy != "none"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TensorSet:
-    """Preprocessed images ``x`` (N, C, H, W) and their targets ``y`` (in the task's tensor form)."""
+    """A resident split: normalised inputs ``x`` (N, C, H, W) and their targets ``y``.
+
+    ``digest`` names the content (the feature cache keys on it); without one, the bytes of ``x``
+    are hashed when first asked, and remembered on the set itself.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    digest: Optional[str] = None
+    augmented = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def epoch_x(self) -> torch.Tensor:
-        """The images to train on this epoch: always the same ones."""
-        return self.x
+    @property
+    def nbytes(self) -> int:
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+
+    def content_digest(self) -> str:
+        if self.digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            x = self.x.detach().to("cpu").contiguous()
+            h.update(f"{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes() if x.numel() else b"")
+            object.__setattr__(self, "digest", h.hexdigest())
+        return self.digest
+
+    def batches(self, batches: Sequence[Any], device: torch.device) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs on ``device``, their positions) per batch, in order."""
+        for idx in batches:
+            idx = torch.as_tensor(idx, dtype=torch.long) if not isinstance(idx, range) else idx
+            x = self.x[idx.start:idx.stop] if isinstance(idx, range) else self.x[idx]
+            positions = torch.arange(idx.start, idx.stop) if isinstance(idx, range) else idx
+            yield x.to(device, non_blocking=True), positions
 
 
-#: Below this many images, worker processes cost more to start than the transforms they share.
-MIN_IMAGES_FOR_WORKERS = 2000
-
-
-def loader_workers(n_images: int, cpus: Optional[int] = None) -> int:
-    """DataLoader workers for one epoch of augmentation: none for small sets or small machines,
-    else one per spare core (at most 8), leaving a core to the training loop."""
-    cpus = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
-    if n_images < MIN_IMAGES_FOR_WORKERS or cpus <= 2:
-        return 0
-    return min(8, cpus - 1)
-
-
-class _Transformed(torch.utils.data.Dataset):
-    def __init__(self, images: Sequence[Any], transform: Any) -> None:
-        self.images, self.transform = images, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.images[i])
-
-
-@dataclass(frozen=True)
-class AugmentedSet:
-    """Training images drawn anew every epoch through a random transform."""
-
-    images: Tuple[Any, ...]
-    y: torch.Tensor
-    transform: Any
-    workers: Optional[int] = None  # None: loader_workers() decides
-    pin_memory: bool = False
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def epoch_x(self) -> torch.Tensor:
-        """This epoch's augmented images, in order (seeded by the trial through ``random`` and
-        ``torch``; worker processes are seeded from torch's generator)."""
-        workers = loader_workers(len(self.images)) if self.workers is None else self.workers
-        if workers == 0:
-            x = torch.stack([self.transform(img) for img in self.images]).contiguous()
-            return x.pin_memory() if self.pin_memory else x
-        loader = torch.utils.data.DataLoader(_Transformed(self.images, self.transform), batch_size=256,
-                                             shuffle=False, num_workers=workers, pin_memory=self.pin_memory)
-        return torch.cat(list(loader)).contiguous()
-
-
-def train_transform(data_config: Mapping[str, Any], augment: Augmentation):
-    """The training transform of one :class:`Augmentation`, or None when it changes nothing.
+def train_steps(data_config: Mapping[str, Any], augment: Augmentation) -> Optional[List[Any]]:
+    """The PIL steps of one :class:`Augmentation`'s training view, or None when it changes nothing.
 
     Geometry first (timm's random-resized crop, or the evaluation resize and centre crop), then
     torchvision's flip and edge-padded random crop for the shift, then timm's RandAugment or
-    TrivialAugment, then the same tensor conversion and normalisation as evaluation.
+    TrivialAugment. Tensor conversion and normalisation follow on the device.
     """
     from timm.data.auto_augment import rand_augment_transform
     from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
@@ -142,8 +122,7 @@ def train_transform(data_config: Mapping[str, Any], augment: Augmentation):
         return None
     size = tuple(data_config["input_size"][1:])
     interpolation = data_config.get("interpolation", "bilinear")
-    evaluation = list(eval_transform(data_config).transforms)
-    geometry, finish = evaluation[:-2], evaluation[-2:]  # [resize, centre crop], [to tensor, normalise]
+    geometry = list(eval_transform(data_config).transforms)[:-2]  # [resize, centre crop]
     steps: List[Any] = []
     if augment.crop_scale < 1.0:
         steps.append(RandomResizedCropAndInterpolation(size, scale=(augment.crop_scale, 1.0),
@@ -161,7 +140,16 @@ def train_transform(data_config: Mapping[str, Any], augment: Augmentation):
                    "interpolation": str_to_pil_interp(interpolation if interpolation != "random" else "bilinear")}
         magnitude = max(1, min(MAX_MAGNITUDE, augment.magnitude))
         steps.append(rand_augment_transform(POLICIES[augment.policy].format(m=magnitude), hparams))
-    return T.Compose(steps + finish)
+    return steps
+
+
+def train_transform(data_config: Mapping[str, Any], augment: Augmentation):
+    """:func:`train_steps` then timm's tensor conversion and normalisation, as one transform of a
+    PIL image (or None when the augmentation changes nothing)."""
+    from torchvision import transforms as T
+
+    steps = train_steps(data_config, augment)
+    return None if steps is None else T.Compose(steps + list(eval_transform(data_config).transforms)[-2:])
 
 
 def eval_transform(data_config: Mapping[str, Any]):
@@ -172,32 +160,161 @@ def eval_transform(data_config: Mapping[str, Any]):
     return create_transform(**cfg, is_training=False)
 
 
-def to_tensors(images: Sequence[Any], labels: np.ndarray, data_config: Mapping[str, Any], task: Any = None) -> TensorSet:
-    """Images through the evaluation transform; labels through the task (default: class indices)."""
-    transform = eval_transform(data_config)
-    x = torch.stack([transform(img) for img in images]) if len(images) else torch.zeros(0, *data_config["input_size"])
+def _resident(stream: StreamSet, device: torch.device = torch.device("cpu")) -> TensorSet:
+    """A streamed split read once into memory, through the very loader that streams it (so a
+    resident split and a streamed one give a trial the same numbers)."""
+    from .streaming import sequential
+
+    xs, ys = [], []
+    for x, positions in stream.batches(sequential(len(stream)), device):
+        xs.append(x)
+        ys.append(stream.y[positions.cpu()])
+    stream.close()
+    if xs:
+        return TensorSet(x=torch.cat(xs).contiguous(), y=torch.cat(ys), digest=stream.digest)
+    return TensorSet(x=torch.zeros(0, 3, 1, 1), y=stream.y[:0], digest=stream.digest)
+
+
+def to_tensors(items: Sequence[Any], labels: np.ndarray, data_config: Mapping[str, Any], task: Any = None,
+               modality: Any = None) -> TensorSet:
+    """Items (image paths, PIL images or arrays) decoded and preprocessed into a resident set; labels
+    through the task (default: class indices). Raises on an unreadable item."""
+    from .modality import IMAGE
+    from .store import build_memory
+
+    modality = modality or IMAGE
+    store = build_memory(list(items), modality, data_config, digest="")
+    if store.skipped:
+        from .errors import DataError
+
+        i, reason = next(iter(store.skipped.items()))
+        raise DataError(f"cannot read {items[i] if isinstance(items[i], (str, Path)) else f'item {i}'}: {reason}",
+                        "pass readable files")
     y = task.targets(labels) if task is not None else torch.as_tensor(labels, dtype=torch.long)
-    return TensorSet(x=x.contiguous(), y=y)
+    mean, std = modality.normalization(data_config)
+    stream = StreamSet(store=store, rows=np.arange(len(items)), y=y, view=modality.view(data_config), mean=mean,
+                       std=std, digest="", workers=0)
+    return dataclasses.replace(_resident(stream), digest=None)
+
+
+DEFAULT_RESIDENT_MB = 512
 
 
 class TensorCache:
-    """Remembers preprocessed splits per data config for the life of a search."""
+    """A search's data path: each split in the form a trial reads it, made once and shared.
 
-    def __init__(self, task: Any = None) -> None:
-        self.task = task
-        self._cache: Dict[Tuple[int, str], TensorSet] = {}
+    How a split is held, per ``data_path``:
 
-    def get(self, image_set: Any, data_config: Mapping[str, Any]) -> TensorSet:
-        key = (id(image_set), json.dumps(data_config, sort_keys=True, default=str))
-        if key not in self._cache:
-            self._cache[key] = to_tensors(image_set.images, image_set.labels, data_config, self.task)
-        return self._cache[key]
+    * ``resident``: preprocessed float32 tensors in memory (moved to the device whole), built from
+      stored forms kept in memory. Fastest for small sets, and what the frozen-feature cache and
+      unaugmented trials read directly.
+    * ``cache``: stored forms written once to ``cache_dir`` (see :mod:`autotl.store`) and streamed
+      in batches; memory stays flat whatever the data size.
+    * ``stream``: nothing stored; every epoch decodes the source files again.
+    * ``auto`` (default): ``resident`` when the split's float32 tensors fit ``resident_mb``, else
+      ``cache``. Resident sets live in an LRU bounded by ``resident_mb`` in all (stored forms
+      included); an evicted one is rebuilt when asked again.
+    """
 
-    def train(self, image_set: Any, data_config: Mapping[str, Any], augment: Augmentation,
-              pin_memory: bool = False) -> Any:
-        """The training split: cached tensors, or an :class:`AugmentedSet` when the trial augments
-        (its epochs then come in pinned memory for a GPU, when ``pin_memory``)."""
-        plain = self.get(image_set, data_config)
-        transform = train_transform(data_config, augment)
-        return plain if transform is None else AugmentedSet(images=tuple(image_set.images), y=plain.y,
-                                                            transform=transform, pin_memory=pin_memory)
+    def __init__(self, task: Any = None, *, data_path: str = "auto", resident_mb: float = DEFAULT_RESIDENT_MB,
+                 cache_dir: Optional[Path] = None, modality: Any = None) -> None:
+        from .modality import IMAGE
+
+        if data_path not in DATA_PATHS:
+            raise ValueError(f"data_path must be one of {DATA_PATHS}")
+        self.task, self.data_path = task, data_path
+        self.budget = int(resident_mb * 2**20)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.modality = modality or IMAGE
+        self._resident: "OrderedDict[Tuple[str, str], Any]" = OrderedDict()
+        self._stores: Dict[Tuple[str, str], Any] = {}
+        self.skipped: Dict[str, str] = {}  # shown path -> reason: items found unreadable after loading
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(v.nbytes for v in self._resident.values())
+
+    def mode(self, split: Any, data_config: Mapping[str, Any]) -> str:
+        """How ``split`` is held for this data config: resident, cache or stream."""
+        if self.data_path != "auto":
+            return self.data_path
+        return "resident" if len(split) * self.modality.input_bytes(data_config) <= self.budget else "cache"
+
+    def _keep(self, key: Tuple[str, str], value: Any) -> Any:
+        self._resident[key] = value
+        self._resident.move_to_end(key)
+        while self.resident_bytes > self.budget and len(self._resident) > 1:
+            self._resident.popitem(last=False)
+        return value
+
+    def _store(self, split: Any, data_config: Mapping[str, Any], mode: str) -> Any:
+        from .store import LiveStore, build_memory, open_disk, store_digest
+        from .streaming import loader_workers
+
+        skey = self.modality.stored_key(data_config)
+        digest = store_digest(split.digest, skey)
+        key = ("store", digest)
+        if mode == "resident" and key in self._resident:
+            self._resident.move_to_end(key)
+            return self._resident[key]
+        if mode != "resident" and (mode, digest) in self._stores:
+            return self._stores[(mode, digest)]
+        workers = loader_workers(len(split))
+        if mode == "resident":
+            store = self._keep(key, build_memory(split.items, self.modality, data_config, digest, workers))
+        elif mode == "cache":
+            if self.cache_dir is None:
+                raise ValueError("the cache data path needs a cache folder")
+            store = open_disk(self.cache_dir, split.items, self.modality, data_config, digest, workers)
+        else:
+            store = LiveStore(split.items, self.modality, data_config, digest)
+        self._stores.pop((mode, digest), None)
+        if mode != "resident":
+            self._stores[(mode, digest)] = store
+        self._report_skipped(split, store)
+        return store
+
+    def _report_skipped(self, split: Any, store: Any) -> None:
+        from .errors import warn
+
+        new = {split.paths[i]: reason for i, reason in store.skipped.items() if split.paths[i] not in self.skipped}
+        if new:
+            self.skipped.update(new)
+            first = next(iter(new))
+            warn(f"skipped {len(new)} unreadable image(s) found while decoding, e.g. {first} ({new[first]})",
+                 "remove or replace them; the search goes on without them")
+
+    def stream(self, split: Any, data_config: Mapping[str, Any], augment: Optional[Augmentation] = None,
+               pin_memory: bool = False, mode: Optional[str] = None) -> StreamSet:
+        """``split`` as a :class:`StreamSet`: the evaluation view, or ``augment``'s training view."""
+        mode = mode or self.mode(split, data_config)
+        store = self._store(split, data_config, mode)
+        rows = np.array([i for i in range(len(split)) if i not in store.skipped and split.paths[i] not in self.skipped],
+                        dtype=np.int64)
+        labels = split.labels[rows] if len(rows) else split.labels[:0]
+        y = self.task.targets(labels) if self.task is not None else torch.as_tensor(labels, dtype=torch.long)
+        mean, std = self.modality.normalization(data_config)
+        augmented = augment is not None and augment.active
+        digest = hashlib.blake2b(json.dumps([store.digest, len(rows), data_config, augmented], sort_keys=True,
+                                            default=str).encode(), digest_size=16).hexdigest()
+        return StreamSet(store=store, rows=rows, y=y, view=self.modality.view(data_config, augment if augmented else None),
+                         mean=mean, std=std, digest=digest, shown=[split.paths[i] for i in rows],
+                         augmented=augmented, pin_memory=pin_memory, known=self.skipped)
+
+    def get(self, split: Any, data_config: Mapping[str, Any]) -> Any:
+        """The split's evaluation view: a resident :class:`TensorSet`, or a :class:`StreamSet`."""
+        mode = self.mode(split, data_config)
+        if mode != "resident":
+            return self.stream(split, data_config, mode=mode)
+        key = (split.digest, json.dumps(data_config, sort_keys=True, default=str))
+        if key in self._resident:
+            self._resident.move_to_end(key)
+            return self._resident[key]
+        return self._keep(key, _resident(self.stream(split, data_config, mode=mode)))
+
+    def train(self, split: Any, data_config: Mapping[str, Any], augment: Augmentation, pin_memory: bool = False) -> Any:
+        """The training split: the evaluation view when the trial does not augment, else a
+        :class:`StreamSet` that draws new augmented views every epoch (in pinned memory for a GPU)."""
+        if not augment.active:
+            return self.get(split, data_config)
+        return self.stream(split, data_config, augment, pin_memory=pin_memory)

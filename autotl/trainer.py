@@ -69,6 +69,8 @@ class FitResult:
     val_loss: List[float] = field(default_factory=list)  # per epoch, unsmoothed
     score: Optional[float] = None  # the trial's value under the selection rule
     selected_epoch: int = -1  # the epoch (0-based) whose weights ``state_dict`` holds
+    epoch_train_seconds: List[float] = field(default_factory=list)  # the training pass of each epoch
+    train_samples: int = 0  # samples the training passes read, all epochs together
 
 
 def _autocast(device: torch.device):
@@ -81,23 +83,32 @@ def _autocast(device: torch.device):
 @torch.no_grad()
 def predict_outputs(module: nn.Module, data: Any, device: torch.device, task: Optional[Task] = None,
                     batch_size: int = 256, forward: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                    x: Optional[torch.Tensor] = None) -> np.ndarray:
-    """The task's outputs for every row of ``data``: class probabilities, label probabilities or values.
+                    x: Optional[torch.Tensor] = None, rows: Optional[List[int]] = None) -> np.ndarray:
+    """The task's outputs for the rows of ``data`` (a resident or a streamed set), in order.
 
-    ``forward`` and ``x`` replace ``module`` and ``data.x``: the rest of a split network on cached features.
+    ``forward`` and ``x`` replace ``module`` and ``data``'s inputs: the rest of a split network on
+    cached features. A streamed sample that cannot be read is left out; ``rows``, when given, is
+    filled with the positions the outputs belong to (score them against ``data.y[rows]``).
     """
+    from .streaming import sequential
+
     task = task or Task()
     module.eval()
     forward = forward if forward is not None else module
-    source = data.x if x is None else x
     outs = []
-    for start in range(0, len(source), batch_size):
-        xb = source[start:start + batch_size].to(device, non_blocking=True)
+    if x is not None:
+        source = ((x[r.start:r.stop].to(device, non_blocking=True), torch.arange(r.start, r.stop))
+                  for r in sequential(len(x), batch_size))
+    else:
+        source = data.batches(sequential(len(data), batch_size), device)
+    for xb, positions in source:
         if device.type == "cuda" and xb.ndim == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with _autocast(device)[0]:
             logits = forward(xb)
         outs.append(task.outputs(logits).cpu())
+        if rows is not None:
+            rows.extend(positions.tolist())
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -181,7 +192,7 @@ class _Phase:
         self.whole = compiled if compiled is not None else model.module  # what runs the whole network
         self.forward: Callable[[torch.Tensor], torch.Tensor] = self.whole
         self.val_x: Optional[torch.Tensor] = None
-        self._train_x: Optional[torch.Tensor] = None
+        self._train_x: Optional[torch.Tensor] = None  # cached features or resident images, on the device
 
     def begin(self, name: str, result: FitResult) -> None:
         self.forward, self.val_x, self._train_x = self.whole, None, None
@@ -194,7 +205,8 @@ class _Phase:
         except Exception as exc:  # the cache only saves time: any problem in it means running uncached
             from .features import warn_once
 
-            warn_once(f"feature cache off for this trial: {type(exc).__name__}: {exc}")
+            warn_once(f"feature cache off for this trial: {type(exc).__name__}: {exc}",
+                      "the trial runs uncached, only slower; rerun with --no-feature-cache to silence this")
             self.forward, self.val_x, self._train_x = self.whole, None, None
             split, why = None, f"error: {type(exc).__name__}"
         result.feature_cache.append(split.label if split is not None else why)
@@ -205,7 +217,7 @@ class _Phase:
         if self.cache is None:
             return None, "off"
         why = uncacheable_reason(self.params)
-        if why is not None or not isinstance(self.train, TensorSet):
+        if why is not None or getattr(self.train, "augmented", False):
             return None, why or "augmentation"
         groups = _phase_groups(self.model, self.params, name)
         if 0 in groups:
@@ -220,17 +232,20 @@ class _Phase:
             return None, "features larger than the cache"
         return split, ""
 
-    def train_x(self) -> torch.Tensor:
-        """This epoch's training inputs, on the device: features, fixed images, or new augmented images."""
-        if self._train_x is not None:
-            return self._train_x
-        if isinstance(self.train, TensorSet):
+    def epoch(self, batches: List[torch.Tensor]):
+        """This epoch's (inputs on the device, positions) per batch: cached features, resident
+        images, or a streamed set's batches (new augmented views every epoch)."""
+        if self._train_x is None and isinstance(self.train, TensorSet):
             self._train_x = self.train.x.to(self.device, non_blocking=True)
-            return self._train_x
-        return self.train.epoch_x().to(self.device, non_blocking=True)  # pinned on CUDA: an async copy
+        if self._train_x is None:
+            yield from self.train.batches(batches, self.device)
+            return
+        for idx in batches:
+            idx = idx.to(self.device)
+            yield self._train_x[idx], idx
 
 
-def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs: int, metric: str,
+def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, metric: str,
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
         labels: Optional[List[str]] = None, feature_cache: Any = None, compile: bool = False,
@@ -238,8 +253,9 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
     """Fine-tune ``model`` for up to ``epochs`` epochs; score it and keep weights by ``selection``.
 
     Args:
-        train: a :class:`TensorSet`, or an :class:`autotl.tensors.AugmentedSet` that draws new
-            augmented images every epoch.
+        train: a resident :class:`autotl.tensors.TensorSet`, or an :class:`autotl.streaming.StreamSet`
+            (streamed in batches; new augmented views every epoch when the trial augments).
+        val: the validation split, resident or streamed.
         params: a :class:`autotl.space.TrialParams` (strategy, learning rates, recipe knobs).
         reporter: an Optuna trial (``report(value, step)``, ``should_prune()``) or None.
         on_epoch: called as ``on_epoch(epoch, val_metric, train_loss)`` after each epoch.
@@ -300,11 +316,11 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
             frozen_norms = frozen_norm_layers(module)
             phase.begin("ft", result)
         set_train_mode(module, frozen_norms)
-        x_train = phase.train_x()
         losses = []
-        for idx in _batches(len(train), params.batch_size, generator):
-            idx = idx.to(device)
-            x, y = x_train[idx], y_train[idx]
+        epoch_start = time.perf_counter()
+        for x, idx in phase.epoch(_batches(len(train), params.batch_size, generator)):
+            y = y_train[idx.to(device)]
+            result.train_samples += int(idx.shape[0])
             if mixup is not None:
                 if len(x) % 2:  # timm's Mixup pairs images within the batch
                     x, y = x[:-1], y[:-1]
@@ -333,12 +349,14 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
             update += 1
             scheduler.step_update(num_updates=update)
             losses.append(loss.detach())  # kept on the device: reading it every step would sync a GPU
-        epoch_loss = float(torch.stack(losses).float().mean()) if losses else math.nan
+        epoch_loss = float(torch.stack(losses).float().mean()) if losses else math.nan  # waits for the device
+        result.epoch_train_seconds.append(time.perf_counter() - epoch_start)
         if losses and not math.isfinite(epoch_loss):
             raise TrialError(f"the training loss became {epoch_loss} at epoch {epoch + 1}",
                              "lower head_lr or narrow its range in the search space")
-        out = predict_outputs(module, val, device, task, forward=phase.forward, x=phase.val_x)
-        y_val = val.y.numpy()
+        rows: List[int] = []
+        out = predict_outputs(module, val, device, task, forward=phase.forward, x=phase.val_x, rows=rows)
+        y_val = val.y.numpy()[rows]
         value, val_loss = task.score(metric, y_val, out), task.val_loss(y_val, out)
         result.curve.append(value)
         result.val_loss.append(val_loss)
@@ -363,8 +381,7 @@ def fit(model: AdaptedModel, train: Any, val: TensorSet, params: Any, *, epochs:
     result.score, result.selected_epoch = selection.score(result.curve, result.best_epoch)
     if not selection.keeps_best_epoch and result.curve:
         result.state_dict = _weights(module)
-        result.val_details = task.details(val.y.numpy(), last_out,
-                                          labels or [str(i) for i in range(model.num_outputs)])
+        result.val_details = task.details(y_val, last_out, labels or [str(i) for i in range(model.num_outputs)])
     result.seconds = time.perf_counter() - start
     return result
 
@@ -374,13 +391,14 @@ def _weights(module: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def evaluate(module: nn.Module, data: TensorSet, device: torch.device, task: Optional[Task] = None,
+def evaluate(module: nn.Module, data: Any, device: torch.device, task: Optional[Task] = None,
              labels: Optional[List[str]] = None) -> Dict[str, Any]:
     """Every metric of the task on ``data``, and its report extras under ``details``."""
     task = task or Task()
     module.to(device)
-    out = predict_outputs(module, data, device, task)
-    y = data.y.numpy()
+    rows: List[int] = []
+    out = predict_outputs(module, data, device, task, rows=rows)
+    y = data.y.numpy()[rows]
     scores: Dict[str, Any] = task.scores(y, out)
     details = task.details(y, out, labels or [str(i) for i in range(out.shape[1] if out.ndim == 2 else 1)])
     scores["details"] = details

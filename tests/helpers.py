@@ -19,7 +19,17 @@ def build(plugins, backbone="timm/test_resnet", adapter="linear", outputs=3, ada
 
 
 def tensors(dataset, model):
-    from autotl.tensors import to_tensors
+    from autotl.tensors import TensorCache
 
-    return (to_tensors(dataset.train.images, dataset.train.labels, model.data_config),
-            to_tensors(dataset.val.images, dataset.val.labels, model.data_config))
+    cache = TensorCache()
+    return cache.get(dataset.train, model.data_config), cache.get(dataset.val, model.data_config)
+
+
+def one_epoch(data, device="cpu"):
+    """Every input of a resident or streamed set, in order, as one CPU tensor (a streamed set's
+    augmented views are drawn anew each call)."""
+    import torch
+
+    from autotl.streaming import sequential
+
+    return torch.cat([x.cpu() for x, _ in data.batches(sequential(len(data)), torch.device(device))])

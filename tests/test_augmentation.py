@@ -14,8 +14,9 @@ from PIL import Image
 from autotl.data import load_dataset
 from autotl.errors import SpaceError
 from autotl.space import load_space_file
-from autotl.tensors import Augmentation, AugmentedSet, TensorCache, eval_transform, train_transform
-from helpers import build, trial_params
+from autotl.streaming import StreamSet
+from autotl.tensors import Augmentation, TensorCache, eval_transform, train_transform
+from helpers import build, one_epoch, trial_params
 
 CONFIG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
           "crop_pct": 1.0}
@@ -126,9 +127,9 @@ def test_components_come_from_the_trial_params_and_draw_new_images_every_epoch(p
     plain = cache.get(dataset.train, model.data_config)
     assert cache.train(dataset.train, model.data_config, Augmentation()) is plain
     augmented = cache.train(dataset.train, model.data_config, aug)
-    assert isinstance(augmented, AugmentedSet) and len(augmented) == len(plain)
+    assert isinstance(augmented, StreamSet) and augmented.augmented and len(augmented) == len(plain)
     torch.manual_seed(0)
-    a, b = augmented.epoch_x(), augmented.epoch_x()
+    a, b = one_epoch(augmented), one_epoch(augmented)
     assert a.shape == plain.x.shape and not torch.equal(a, b) and not torch.equal(a, plain.x)
 
 

@@ -1,11 +1,14 @@
 """Data sources, splits, and one clear error for each kind of bad input."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from autotl import DataError
 from autotl.data import load_dataset
+from autotl.modality import IMAGE
 from conftest import make_folder, make_image
 
 
@@ -19,7 +22,8 @@ def test_class_folders_get_a_stratified_seeded_split(image_folder):
     val_counts = a.val.counts(a.classes).values()
     assert min(val_counts) >= 2 and max(val_counts) - min(val_counts) <= 1  # stratified
     assert a.val.paths == b.val.paths and a.val.paths != c.val.paths
-    assert a.train.images[0].mode == "RGB"
+    assert all(isinstance(item, Path) for item in a.train.items)  # nothing decoded at load time
+    assert a.train.digest == b.train.digest and a.train.digest != a.val.digest
 
 
 def test_split_folders(split_folder):
@@ -144,7 +148,7 @@ def test_dataset_plugin_registers_a_builtin():
     assert plugins.datasets.owner("colours") == "colours_dataset"
     ds = load_dataset("builtin:colours", plugins)
     assert ds.classes == ("blue", "red") and ds.val_from == "given"
-    assert (len(ds.train), len(ds.val)) == (8, 4) and ds.train.images[0].size == (16, 16)
+    assert (len(ds.train), len(ds.val)) == (8, 4) and IMAGE.size(ds.train.items[0]) == (16, 16)
 
 
 def test_a_failing_dataset_plugin_is_one_clear_error(tmp_path):

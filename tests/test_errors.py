@@ -194,3 +194,24 @@ def test_the_same_command_again_resumes_its_study(split_folder, tmp_path, capsys
     assert sum(summary["trials"].values()) == 2
     assert [s.study_name for s in optuna.get_all_study_summaries(autotl.study.make_storage(None, tmp_path / "run"))] \
         == [summary["study"]]
+
+
+def test_a_warning_prints_as_one_line_with_what_to_do_and_no_source_path(tmp_path, capsys):
+    """A warning the user sees is one line, ``warning: <what> — <what to do>``: no file name, line
+    number or source line of autotl's code (here: a zoo file autotl cannot read, on `autotl backbones`)."""
+    import warnings
+
+    from autotl import errors
+
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    (zoo / "broken.json").write_text("{not json")
+    with warnings.catch_warnings():  # pytest records warnings instead of showing them: show them as the CLI does
+        warnings.simplefilter("always")
+        errors._install_warning_format()
+        code, out, err = run(["backbones", "--zoo", str(zoo)], capsys)
+    assert code == 0 and "timm/test_resnet" in out
+    shown = [line for line in err.splitlines() if line.strip()]
+    assert len(shown) == 1, err
+    assert shown[0].startswith("warning: zoo: skipped broken.json: ") and " — fix or remove " in shown[0]
+    assert ".py:" not in err and "warnings.warn" not in err and "Traceback" not in err

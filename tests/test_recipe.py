@@ -10,7 +10,7 @@ from autotl.freeze import frozen_group_count, set_trainable, trainable_groups
 from autotl.regularize import L2SP, set_drop_path
 from autotl.tensors import Augmentation, TensorCache
 from autotl.trainer import fit, lp_epochs, make_optimizer
-from helpers import build, tensors, trial_params
+from helpers import build, one_epoch, tensors, trial_params
 
 CPU = torch.device("cpu")
 
@@ -167,16 +167,17 @@ def test_training_with_augmentation_mixup_and_cutmix(small, image_folder):
 
 
 def test_augmentation_workers_are_chosen_by_size_and_machine_and_draw_the_same_images(plugins, image_folder):
-    from autotl.tensors import AugmentedSet, loader_workers, train_transform
+    import dataclasses
+
+    from autotl.tensors import loader_workers
 
     assert loader_workers(100, cpus=16) == 0 and loader_workers(50_000, cpus=2) == 0
     assert loader_workers(50_000, cpus=4) == 3 and loader_workers(50_000, cpus=64) == 8
     dataset = load_dataset(str(image_folder))
     model = build(plugins, "timm/test_vit")
-    transform = train_transform(model.data_config, Augmentation(crop_scale=0.6, hflip=0.5))
     draws = []
     for workers in (1, 1):
         torch.manual_seed(5)
-        draws.append(AugmentedSet(tuple(dataset.train.images), torch.zeros(len(dataset.train)), transform,
-                                  workers=workers).epoch_x())
+        stream = TensorCache().train(dataset.train, model.data_config, Augmentation(crop_scale=0.6, hflip=0.5))
+        draws.append(one_epoch(dataclasses.replace(stream, workers=workers)))
     assert draws[0].shape == (len(dataset.train), 3, 32, 32) and torch.equal(draws[0], draws[1])

@@ -243,3 +243,41 @@ def test_resuming_with_another_selection_rule_is_refused(run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "was searched with another space" in err
     assert len(load_study(run["result"]).trials) == 5
+
+
+def test_a_raising_observer_report_or_history_only_warns_in_one_line_with_what_to_do(split_folder, tmp_path,
+                                                                                     monkeypatch):
+    import warnings
+
+    from autotl import AutotlWarning
+
+    plugin = tmp_path / "loud.py"
+    plugin.write_text("from autotl import hookimpl\n\n\n@hookimpl\ndef autotl_trial_finished(record):\n"
+                      "    raise ValueError('observer broke')\n")
+
+    def broken_report(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    def broken_history(*args, **kwargs):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr("autotl.report.write_report", broken_report)
+    monkeypatch.setattr("autotl.history.record_search", broken_history)
+    out = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=1, epochs=1,
+                               device="cpu", out=str(out), plugins=[str(plugin)], default_trials=0)
+    assert sum(result.summary["trials"].values()) == 1 and (out / "summary.json").is_file()
+    shown = [str(w.message) for w in seen if issubclass(w.category, AutotlWarning)]
+    expected = [
+        "plugin 'loud' raised in autotl_trial_finished: ValueError: observer broke — fix the plugin, or stop "
+        "loading it with --block-plugin loud; the search goes on",
+        f"could not write the report: RuntimeError: no fonts — the trials and best/ are saved; retry with "
+        f"`autotl report {out}`",
+        "could not record the search in the warm-start history: read-only file system — make that file writable "
+        "or point $AUTOTL_HISTORY elsewhere; --warm-start off skips the history",
+    ]
+    for line in expected:
+        assert line in shown, shown
+    assert all("\n" not in s for s in shown)

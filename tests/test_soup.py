@@ -94,9 +94,9 @@ def test_the_soup_scores_what_it_claims_and_its_test_score_is_its_own(searched):
     root = searched["root"]
     module, config = load_model(str(root / "run" / "best"))
     dataset = load_dataset(searched["data"], autotl.get_plugin_manager())
-    val = evaluate(module, to_tensors(dataset.val.images, dataset.val.labels, config["data_config"]),
+    val = evaluate(module, to_tensors(dataset.val.items, dataset.val.labels, config["data_config"]),
                    torch.device("cpu"))["accuracy"]
-    test = evaluate(module, to_tensors(dataset.test.images, dataset.test.labels, config["data_config"]),
+    test = evaluate(module, to_tensors(dataset.test.items, dataset.test.labels, config["data_config"]),
                     torch.device("cpu"))["accuracy"]
     summary = searched["second"].summary
     if config.get("soup"):

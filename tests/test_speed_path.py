@@ -106,6 +106,28 @@ def test_out_of_memory_twice_fails_the_trial_cleanly(split_folder, tmp_path, mon
     assert "narrow batch_size in the space" in trial.user_attrs["fail_reason"]
 
 
+def test_out_of_memory_retry_runs_after_the_failed_attempt_is_freed(split_folder, tmp_path, monkeypatch):
+    """The retry at half the batch must not run while the failed attempt's memory is still held (by the
+    exception's traceback, which keeps its frames and their tensors alive): on a GPU that memory is
+    exactly what the retry needs."""
+    record = tmp_path / "oom_record.json"
+    monkeypatch.setenv("OOM_LIMIT", "8")
+    monkeypatch.setenv("OOM_HOARD_MB", "256")
+    monkeypatch.setenv("OOM_RECORD", str(record))
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n  freeze_depth: 0.0\n")
+    out = tmp_path / "run"
+    code = main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_hoard.py"), "--backbones",
+                 "acme/hoarder", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
+                 "--default-trials", "0", "--no-report"])
+    trial = study_of(out).trials[0]
+    assert code == 0 and trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.user_attrs["oom_retry"] == {"batch_size": 16, "retried_at": 8}
+    seen = json.loads(record.read_text())
+    assert seen["failed_attempts"] == 1 and seen["batch"] <= 8
+    assert seen["alive_at_retry"] == 0, "the failed attempt's 256 MB were still alive when the retry started"
+
+
 @pytest.mark.slow
 def test_compile_trains_the_same_network(split_folder, tmp_path):
     import torch

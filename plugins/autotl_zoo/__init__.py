@@ -8,10 +8,10 @@ skipped with a warning.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 from autotl import SourceModel, hookimpl
+from autotl.errors import warn
 
 SIDE_CAR_KEYS = ("architecture", "num_classes")
 #: Weights beside a sidecar, in order of preference; torch files are read with weights_only=True.
@@ -63,6 +63,6 @@ def autotl_register_source_models(register, settings):
         try:
             source = zoo_source(sidecar)
         except (ValueError, OSError) as exc:
-            warnings.warn(f"zoo: skipped {sidecar.name}: {exc}", stacklevel=2)
+            warn(f"zoo: skipped {sidecar.name}: {exc}", f"fix or remove {sidecar} (and its weights file)")
             continue
         register(source)

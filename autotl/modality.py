@@ -1,0 +1,181 @@
+"""What one kind of input (a modality) must provide so the data path can store, stream and batch it.
+
+A modality turns a dataset item (a file path, or an in-memory object a dataset plugin returned)
+into a compact *stored form* once, and the stored form into a model-ready *view* every time a
+batch needs it. The data path (``autotl.store``, ``autotl.streaming``, ``autotl.tensors``) knows
+nothing else about the input: images are one implementation, and a later modality (text, image
+plus text) implements the same small interface.
+
+The split between the two steps is what keeps memory flat: the stored form is small and
+uint8 (an image already downscaled to the size its source's preprocessing resizes to), so it can
+sit on disk and be read back per batch; views are cheap (a crop, a flip, RandAugment) and are
+normalised on the device, batch by batch.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+class Modality(Protocol):
+    """The interface the data path calls. ``data_config`` is the source model's (timm keys)."""
+
+    name: str
+
+    def probe(self, item: Any) -> None:
+        """A cheap check at load time (e.g. the file header); raises on an item that cannot be read."""
+
+    def size(self, item: Any) -> Tuple[int, int]:
+        """The item's natural size, for the warm-start meta-features (images: width, height)."""
+
+    def stored_key(self, data_config: Mapping[str, Any]) -> str:
+        """Which data configs share a stored form: equal keys decode to the same arrays."""
+
+    def decode(self, item: Any, data_config: Mapping[str, Any]) -> np.ndarray:
+        """The item's compact stored form (uint8); raises on an item that cannot be decoded."""
+
+    def view(self, data_config: Mapping[str, Any], augment: Any = None) -> Callable[[np.ndarray], torch.Tensor]:
+        """A function from a stored form to one sample's uint8 model input (random when ``augment``
+        is active; deterministic, the evaluation view, when it is None)."""
+
+    def normalization(self, data_config: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        """Per-channel mean and std in [0, 1] units: the device computes ``(x / 255 - mean) / std``."""
+
+    def input_bytes(self, data_config: Mapping[str, Any]) -> int:
+        """Bytes of one float32 model input (what a resident split costs per sample)."""
+
+
+#: Errors that mean "this file is not a readable image": skipped and counted, never fatal.
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError)
+
+
+def _config_key(data_config: Mapping[str, Any]) -> str:
+    from .types import DATA_CONFIG_KEYS
+
+    return json.dumps({k: data_config[k] for k in sorted(data_config) if k in DATA_CONFIG_KEYS}, default=str)
+
+
+class ImageModality:
+    """RGB images through the source's timm preprocessing.
+
+    Stored form: the image decoded (JPEGs at a reduced scale when they are much larger than needed,
+    through Pillow's ``draft``) and resized the way timm's evaluation transform resizes it, before
+    its centre crop: uint8, height x width x 3. A large photo is never held at full resolution
+    beyond its own decode. The evaluation view is timm's centre crop of it; training views are the
+    trial's :class:`autotl.tensors.Augmentation` on it.
+    """
+
+    name = "image"
+
+    def __init__(self) -> None:
+        self._geometry: Dict[str, List[Any]] = {}
+
+    def probe(self, item: Any) -> None:
+        from PIL import Image
+
+        if isinstance(item, (Image.Image, np.ndarray)):
+            return
+        with Image.open(item) as img:  # reads the header only
+            img.size  # noqa: B018 - touching it is the check
+
+    def size(self, item: Any) -> Tuple[int, int]:
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            return item.size
+        if isinstance(item, np.ndarray):
+            return int(item.shape[1]), int(item.shape[0])
+        with Image.open(item) as img:
+            return img.size
+
+    def geometry(self, data_config: Mapping[str, Any]) -> List[Any]:
+        """timm's evaluation resize and crop steps for this config (PIL in, PIL out)."""
+        key = _config_key(data_config)
+        if key not in self._geometry:
+            from .tensors import eval_transform
+
+            self._geometry[key] = list(eval_transform(data_config).transforms)[:-2]  # drop to-tensor, normalise
+        return self._geometry[key]
+
+    def stored_key(self, data_config: Mapping[str, Any]) -> str:
+        return "image:" + "|".join(repr(step) for step in self.geometry(data_config)[:-1])
+
+    def _open(self, item: Any, target: Optional[Tuple[int, int]]):
+        from PIL import Image
+
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        if isinstance(item, np.ndarray):
+            arr = item if item.dtype == np.uint8 else np.clip(item, 0, 255).astype(np.uint8)
+            return Image.fromarray(arr).convert("RGB")
+        with Image.open(item) as img:
+            if target is not None and img.format == "JPEG":
+                img.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale when that still covers target
+            img.load()
+            return img.convert("RGB")
+
+    def decode(self, item: Any, data_config: Mapping[str, Any]) -> np.ndarray:
+        resize = self.geometry(data_config)[:-1]
+        img = self._open(item, _draft_target(resize, data_config))
+        for step in resize:
+            img = step(img)
+        return np.asarray(img, dtype=np.uint8).copy()
+
+    def view(self, data_config: Mapping[str, Any], augment: Any = None) -> Callable[[np.ndarray], torch.Tensor]:
+        from .tensors import train_steps
+
+        steps = train_steps(data_config, augment) if augment is not None and augment.active else None
+        steps = steps if steps is not None else self.geometry(data_config)
+        return _ImageView(steps)
+
+    def normalization(self, data_config: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return (tuple(data_config.get("mean", IMAGENET_DEFAULT_MEAN)),
+                tuple(data_config.get("std", IMAGENET_DEFAULT_STD)))
+
+    def input_bytes(self, data_config: Mapping[str, Any]) -> int:
+        c, h, w = data_config["input_size"]
+        return int(c * h * w * 4)
+
+
+def _draft_target(resize: Sequence[Any], data_config: Mapping[str, Any]) -> Optional[Tuple[int, int]]:
+    """The smallest (width, height) the resize needs: a JPEG may be decoded at any scale that covers it."""
+    size = getattr(resize[0], "size", None) if resize else None
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, (tuple, list)) and len(size) == 2:
+        return int(size[1]), int(size[0])
+    h, w = data_config["input_size"][1:]
+    return int(w), int(h)
+
+
+class _ImageView:
+    """Stored uint8 array -> PIL -> the view's steps -> uint8 (C, H, W). A class, so DataLoader
+    worker processes can receive it."""
+
+    def __init__(self, steps: Sequence[Any]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, stored: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        img = Image.fromarray(stored)
+        for step in self.steps:
+            img = step(img)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+IMAGE = ImageModality()
+
+
+def modality_for(name: str) -> Modality:
+    """The modality a dataset's items are (today: images)."""
+    if name == "image":
+        return IMAGE
+    from .errors import DataError
+
+    raise DataError(f"no modality {name!r} is available", "use image data")
