@@ -217,12 +217,12 @@ class TensorCache:
     """
 
     def __init__(self, task: Any = None, *, data_path: str = "auto", resident_mb: float = DEFAULT_RESIDENT_MB,
-                 cache_dir: Optional[Path] = None, modality: Any = None) -> None:
+                 cache_dir: Optional[Path] = None, modality: Any = None, pin_memory: bool = False) -> None:
         from .modality import IMAGE
 
         if data_path not in DATA_PATHS:
             raise ValueError(f"data_path must be one of {DATA_PATHS}")
-        self.task, self.data_path = task, data_path
+        self.task, self.data_path, self.pin_memory = task, data_path, pin_memory  # pinned batches for a GPU
         self.budget = int(resident_mb * 2**20)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.modality = modality or IMAGE
@@ -299,7 +299,7 @@ class TensorCache:
                                             default=str).encode(), digest_size=16).hexdigest()
         return StreamSet(store=store, rows=rows, y=y, view=self.modality.view(data_config, augment if augmented else None),
                          mean=mean, std=std, digest=digest, shown=[split.paths[i] for i in rows],
-                         augmented=augmented, pin_memory=pin_memory, known=self.skipped)
+                         augmented=augmented, pin_memory=pin_memory or self.pin_memory, known=self.skipped)
 
     def get(self, split: Any, data_config: Mapping[str, Any]) -> Any:
         """The split's evaluation view: a resident :class:`TensorSet`, or a :class:`StreamSet`."""
