@@ -166,3 +166,65 @@ def test_keep_top_holds_exactly_the_k_best_models(split_folder, tmp_path):
     for n in kept:
         assert json.loads((out / "top" / f"trial-{n}" / "config.json").read_text())["trial"] == n
     assert json.loads((out / "best" / "config.json").read_text())["value"] == values[0][0]
+
+
+def test_a_trials_attributes_are_one_journal_append_that_reads_back_like_one_write_each(tmp_path):
+    """set_trial_attrs stores what trial.set_user_attr would, key by key (every reader sees the same
+    attributes, on resume and in other workers), but in one locked append of the journal file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from autotl.study import set_trial_attrs
+
+    attrs = {"backbone": "timm/test_vit", "params": {"head_lr": 0.01, "batch_size": 16}, "curve": [0.5, 0.75],
+             "epochs_run": 2, "seconds": 1.25}
+    stored, appends = {}, {}
+    for how in ("one write each", "batched"):
+        path = tmp_path / f"{how}.journal"
+        backend = JournalFileBackend(str(path))
+        calls = appends.setdefault(how, [])
+        real = backend.append_logs
+        backend.append_logs = lambda logs, real=real, calls=calls: (calls.append(len(logs)), real(logs))[1]
+        study = optuna.create_study(study_name="s", storage=JournalStorage(backend))
+        trial = study.ask()
+        del calls[:]
+        if how == "batched":
+            set_trial_attrs(trial, attrs)
+        else:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+        assert trial.user_attrs == attrs  # what the running trial reads back
+        study.tell(trial, 1.0)
+        reread = optuna.load_study(study_name="s", storage=autotl.study.make_storage(str(path), tmp_path))
+        stored[how] = reread.trials[0].user_attrs
+    assert stored["batched"] == stored["one write each"] == attrs
+    assert appends["one write each"][:len(attrs)] == [1] * len(attrs)
+    assert appends["batched"][0] == len(attrs)  # one append holds them all
+
+
+def test_set_trial_attrs_on_other_storages_writes_each_key():
+    from autotl.study import set_trial_attrs
+
+    study = optuna.create_study()  # in memory
+    trial = study.ask()
+    set_trial_attrs(trial, {"a": 1, "b": [1, 2]})
+    assert trial.user_attrs == {"a": 1, "b": [1, 2]} and study.trials[0].user_attrs == {"a": 1, "b": [1, 2]}
+
+
+def test_the_heap_is_frozen_for_the_search_only():
+    import gc
+
+    from autotl.study import steady_heap
+
+    assert gc.get_freeze_count() == 0
+    with steady_heap():
+        assert gc.get_freeze_count() > 0  # the per-trial collection skips these objects
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # a host process that freezes its own heap keeps it as it is
+    try:
+        frozen = gc.get_freeze_count()
+        with steady_heap():
+            pass
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
