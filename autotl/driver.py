@@ -77,6 +77,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     tensors = TensorCache(task, data_path=config.data_path, resident_mb=config.resident_mb,
                           cache_dir=Path(config.data_cache) if config.data_cache else out_dir / "data_cache",
                           pin_memory=dev.type == "cuda")
+    tensors.expect(dataset.train, dataset.val)
     features = FeatureCache(config.feature_cache_mb, spill_dir=out_dir / "feature_cache") if config.feature_cache else None
     ranking = study_ranking(study)
     if ranking is None and create and config.rank and dataset.task == "multiclass" and len(space.backbones) > 1:

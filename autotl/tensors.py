@@ -198,6 +198,9 @@ def to_tensors(items: Sequence[Any], labels: np.ndarray, data_config: Mapping[st
 
 
 DEFAULT_RESIDENT_MB = 512
+#: A resident split also keeps the decoded images its tensors were made from (uint8, a little larger
+#: than the crop): budget half as much again for them.
+RESIDENT_OVERHEAD = 1.5
 
 
 class TensorCache:
@@ -211,9 +214,10 @@ class TensorCache:
     * ``cache``: stored forms written once to ``cache_dir`` (see :mod:`autotl.store`) and streamed
       in batches; memory stays flat whatever the data size.
     * ``stream``: nothing stored; every epoch decodes the source files again.
-    * ``auto`` (default): ``resident`` when the split's float32 tensors fit ``resident_mb``, else
-      ``cache``. Resident sets live in an LRU bounded by ``resident_mb`` in all (stored forms
-      included); an evicted one is rebuilt when asked again.
+    * ``auto`` (default): ``resident`` when the float32 tensors of the splits a trial reads together
+      (train and val, see :meth:`expect`), and the decoded images they come from, fit
+      ``resident_mb``; else ``cache``. Resident sets live in an LRU bounded by ``resident_mb`` in
+      all (stored forms included); an evicted one is rebuilt when asked again.
     """
 
     def __init__(self, task: Any = None, *, data_path: str = "auto", resident_mb: float = DEFAULT_RESIDENT_MB,
@@ -229,6 +233,12 @@ class TensorCache:
         self._resident: "OrderedDict[Tuple[str, str], Any]" = OrderedDict()
         self._stores: Dict[Tuple[str, str], Any] = {}
         self.skipped: Dict[str, str] = {}  # shown path -> reason: items found unreadable after loading
+        self._together = 0  # samples of the splits every trial reads (train + val)
+
+    def expect(self, *splits: Any) -> None:
+        """Declare the splits every trial reads: ``auto`` keeps them resident only if all fit at once,
+        so that one never evicts another between trials."""
+        self._together = sum(len(s) for s in splits if s is not None)
 
     @property
     def resident_bytes(self) -> int:
@@ -238,7 +248,9 @@ class TensorCache:
         """How ``split`` is held for this data config: resident, cache or stream."""
         if self.data_path != "auto":
             return self.data_path
-        return "resident" if len(split) * self.modality.input_bytes(data_config) <= self.budget else "cache"
+        samples = max(len(split), self._together)
+        fits = samples * self.modality.input_bytes(data_config) * RESIDENT_OVERHEAD <= self.budget
+        return "resident" if fits else "cache"
 
     def _keep(self, key: Tuple[str, str], value: Any) -> Any:
         self._resident[key] = value

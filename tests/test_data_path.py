@@ -52,6 +52,17 @@ def test_auto_keeps_small_splits_resident_and_streams_those_over_the_budget(imag
     assert torch.equal(one_epoch(streamed), small.get(dataset.train, CONFIG).x)  # the same inputs either way
 
 
+def test_auto_streams_splits_that_fit_alone_but_not_together(image_folder, tmp_path):
+    """Train and val are read by every trial: kept resident only if both fit, so that neither evicts
+    the other (and is decoded again) between trials."""
+    dataset = load_dataset(str(image_folder))
+    per_sample = 3 * 32 * 32 * 4 * 1.5
+    cache = TensorCache(resident_mb=(len(dataset.train) + 1) * per_sample / 2**20, cache_dir=tmp_path)
+    assert cache.mode(dataset.train, CONFIG) == "resident"
+    cache.expect(dataset.train, dataset.val)
+    assert cache.mode(dataset.train, CONFIG) == cache.mode(dataset.val, CONFIG) == "cache"
+
+
 def test_resident_sets_stay_within_the_budget_whatever_the_number_of_configs(image_folder, tmp_path):
     dataset = load_dataset(str(image_folder))
     one = len(dataset.train) * 3 * 32 * 32 * 4
