@@ -265,7 +265,7 @@ class TrialRunner:
             for split in (train, val):
                 if hasattr(split, "close"):
                     split.close()  # stop loader workers now, not whenever the set is collected
-        trial.set_user_attr("data", _json(data_facts(self.tensors, model.data_config, self.dataset, train, val, result)))
+        result.data = _json(data_facts(self.tensors, model.data_config, self.dataset, train, val, result))
         return result
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -317,7 +317,7 @@ class TrialRunner:
                 model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
                 result = self._fit(trial, model, params)
             attrs.update(feature_cache=result.feature_cache, curve=_json(result.curve),
-                         val_details=_json(result.val_details))
+                         val_details=_json(result.val_details), data=result.data)
             if result.lp_epochs:
                 attrs["lp_epochs"] = result.lp_epochs
             if params.drop_path > 0:

@@ -71,6 +71,7 @@ class FitResult:
     selected_epoch: int = -1  # the epoch (0-based) whose weights ``state_dict`` holds
     epoch_train_seconds: List[float] = field(default_factory=list)  # the training pass of each epoch
     train_samples: int = 0  # samples the training passes read, all epochs together
+    data: Optional[Dict[str, Any]] = None  # how the search held the data, set by the caller (the trial's `data`)
 
 
 def _autocast(device: torch.device):
