@@ -415,7 +415,7 @@ def build_tables(runs: Dict[int, List[Dict[str, Any]]]) -> List[str]:
         star = "*" if any(r["autotl"]["from"] != "data" for r in reps) else ""
         caption = (f"**{n:,} images** ({a0['n_train']:,} train for autotl, {p0['n_train']:,} for plain; "
                    f"autotl data path: {paths}; plain loader workers: {p0['workers']}; autotl trials compared: "
-                   f"{', '.join(str(t) for t in a0['matched'])})")
+                   f"{', '.join('#' + str(t) for t in a0['matched']) or 'none'})")
         rows = []
         for arm in ("autotl", "plain"):
             growth = _stat(growth_kb(runs, arm, sizes[i - 1], n), ".0f") if i else "–"
