@@ -85,11 +85,11 @@ def oom_search(split_folder, tmp_path, monkeypatch, limit):
     """One trial at batch 16 on a network that runs out of memory above ``limit`` images."""
     monkeypatch.setenv("OOM_LIMIT", str(limit))
     space = tmp_path / "space.yaml"
-    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n")
+    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n  freeze_depth: 0.0\n")
     out = tmp_path / "run"
     code = main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_net.py"), "--backbones",
                  "acme/hungry", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
-                 "--default-trials", "0"])
+                 "--default-trials", "0", "--no-report"])
     return code, study_of(out).trials[0]
 
 
@@ -109,76 +109,13 @@ def test_out_of_memory_twice_fails_the_trial_cleanly(split_folder, tmp_path, mon
 def test_out_of_memory_retry_runs_after_the_failed_attempt_is_freed(split_folder, tmp_path, monkeypatch):
     """The retry at half the batch must not run while the failed attempt's memory is still held (by the
     exception's traceback, which keeps its frames and their tensors alive): on a GPU that memory is
-    exactly what the retry needs."""
+    exactly what the retry needs. The failed attempt really allocates 256 MB."""
     record = tmp_path / "oom_record.json"
-    monkeypatch.setenv("OOM_LIMIT", "8")
     monkeypatch.setenv("OOM_HOARD_MB", "256")
     monkeypatch.setenv("OOM_RECORD", str(record))
-    space = tmp_path / "space.yaml"
-    space.write_text("epochs: 1\npruner: none\nparams:\n  batch_size: 16\n  freeze_depth: 0.0\n")
-    out = tmp_path / "run"
-    code = main(["search", str(split_folder), "--plugin", str(FIXTURE_PLUGINS / "oom_hoard.py"), "--backbones",
-                 "acme/hoarder", "--space", str(space), "--trials", "1", "--device", "cpu", "--out", str(out),
-                 "--default-trials", "0", "--no-report"])
-    trial = study_of(out).trials[0]
+    code, trial = oom_search(split_folder, tmp_path, monkeypatch, limit=8)
     assert code == 0 and trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.user_attrs["oom_retry"] == {"batch_size": 16, "retried_at": 8}
     seen = json.loads(record.read_text())
     assert seen["failed_attempts"] == 1 and seen["batch"] <= 8
     assert seen["alive_at_retry"] == 0, "the failed attempt's 256 MB were still alive when the retry started"
-
-
-@pytest.mark.slow
-def test_compile_trains_the_same_network(split_folder, tmp_path):
-    import torch
-
-    from autotl.data import load_dataset
-    from autotl.trainer import fit
-    from helpers import build, tensors, trial_params
-
-    plugins = autotl.get_plugin_manager()
-    data = load_dataset(str(split_folder))
-    curves = []
-    for compile_ in (False, True):
-        torch.manual_seed(0)
-        model = build(plugins, "timm/test_vit")
-        train, val = tensors(data, model)
-        result = fit(model, train, val, trial_params(backbone="timm/test_vit"), epochs=2, metric="accuracy",
-                     device=torch.device("cpu"), compile=compile_)
-        curves.append(result.curve)
-        assert not any(k.startswith("_orig_mod") for k in result.state_dict)  # the weights stay the module's own
-    assert curves[0] == pytest.approx(curves[1], abs=0.1)
-
-
-def test_cover_backbones_sends_the_startup_trials_round_the_backbones(split_folder, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("epochs: 1\npruner: none\nsampler: {name: tpe, n_startup_trials: 5, cover_backbones: true}\n"
-                     "params:\n  head_lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n")
-    out = tmp_path / "run"
-    autotl.search(str(split_folder), space=str(space), backbones="timm/test_vit,timm/test_resnet", trials=6,
-                  device="cpu", out=str(out), default_trials=1, rank=False, warm_start="off", report=False)
-    trials = study_of(out).trials
-    assert trials[0].user_attrs["origin"] == "default recipe"
-    cover = trials[1:5]
-    assert [t.user_attrs["origin"] for t in cover] == ["backbone cover"] * 4
-    assert [t.params["backbone"] for t in cover] == ["timm/test_vit", "timm/test_resnet"] * 2
-    assert len({t.params["head_lr"] for t in cover}) == 4  # only the backbone is fixed
-    assert "origin" not in trials[5].user_attrs
-
-
-def test_a_protected_trial_runs_to_the_end_where_the_pruner_would_stop_it(split_folder, tmp_path):
-    space = tmp_path / "space.yaml"
-    space.write_text("epochs: 3\npruner: {name: median, n_startup_trials: 0, n_warmup_steps: 0}\n"
-                     "params:\n  head_lr: 5.0e-3\n  freeze_depth: 0.0\n")
-    out = tmp_path / "run"
-    common = dict(space=str(space), device="cpu", out=str(out), study="p", report=False, seed=1, rank=False,
-                  backbones="acme/good,acme/constant", plugins=[str(FIXTURE_PLUGINS / "ranked.py")])
-    autotl.search(str(split_folder), trials=1, default_trials=1, **common)  # the recipe on acme/good
-    study = study_of(out)
-    for protected in (False, True):
-        study.enqueue_trial({"backbone": "acme/constant", "adapter": "linear"},
-                            user_attrs={"origin": "default recipe", **({"never_pruned": True} if protected else {})})
-        autotl.search(str(split_folder), trials=1, default_trials=0, **common)
-    ordinary, protected = study_of(out).trials[1:]
-    assert ordinary.state.name == "PRUNED" and len(ordinary.intermediate_values) < 3
-    assert protected.state.name == "COMPLETE" and len(protected.intermediate_values) == 3
