@@ -6,7 +6,8 @@ out into a temporary ``git worktree``, imported through ``PYTHONPATH``, with its
 plugins), one after the other, alternating which goes first, for every seed and task. Each run has
 its own empty ``AUTOTL_HISTORY`` and the same zoo (``--zoo``, built if missing, like ``make
 demo``). The table gives each arm's wall seconds (mean +- sd over seeds), the summed trial seconds
-from the run's ``trials.csv``, and the paired ratio this / baseline of the wall times.
+from the run's ``trials.csv``, the paired ratio this / baseline of the wall times, and the best
+trial's test accuracy (a check that the new code searches as well, not only as fast).
 
 Tasks: ``demo`` (``make demo``'s search: ``builtin:digits``, space quick, the digits zoo) and the
 benchmark tasks of ``benchmarks/tasks.py`` (``digits-fewshot``, ``shift-fewshot``), searched with the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -76,7 +78,9 @@ def run_arm(python_path: Optional[str], data_args: List[str], out: Path, seed: i
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
     with open(out / "run" / "trials.csv") as fh:
         trial_s = sum(float(r["seconds"] or 0) for r in csv.DictReader(fh))
-    return {"wall": wall, "trial_s": trial_s}
+    best = json.loads((out / "run" / "summary.json").read_text()).get("best") or {}
+    test = (best.get("test") or {}).get("accuracy")
+    return {"wall": wall, "trial_s": trial_s, "val": best.get("value"), "test": test}
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -105,10 +109,13 @@ def main(argv: Optional[List[str]] = None) -> None:
             for name in names:
                 walls = [r["wall"] for r in results[name]]
                 trial_s = [r["trial_s"] for r in results[name]]
+                tests = [r["test"] for r in results[name] if r["test"] is not None]
                 rows.append([task, name, f"{statistics.mean(walls):.1f} ± {statistics.pstdev(walls):.1f}",
                              f"{statistics.mean(trial_s):.1f}",
-                             f"{statistics.mean(ratios):.2f} ± {statistics.pstdev(ratios):.2f}" if name == names[0] else ""])
-        table = _common.md_table(["task", "arm", "wall s (mean ± sd)", "Σ trial s", "wall ratio this / baseline"], rows)
+                             f"{statistics.mean(ratios):.2f} ± {statistics.pstdev(ratios):.2f}" if name == names[0] else "",
+                             f"{statistics.mean(tests):.3f} ± {statistics.pstdev(tests):.3f}" if tests else "–"])
+        table = _common.md_table(["task", "arm", "wall s (mean ± sd)", "Σ trial s", "wall ratio this / baseline",
+                                  "best trial's test accuracy"], rows)
         print(table)
         if args.append:
             notes = [f"{args.trials} trials of up to {args.epochs} epochs per search, seeds {args.seeds}, CPU; "
