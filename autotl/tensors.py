@@ -216,7 +216,7 @@ class TensorCache:
     * ``stream``: nothing stored; every epoch decodes the source files again.
     * ``auto`` (default): ``resident`` when the float32 tensors of the splits a trial reads together
       (train and val, see :meth:`expect`), and the decoded images they come from, fit
-      ``resident_mb``; else ``cache``. Resident sets live in an LRU bounded by ``resident_mb`` in
+      ``resident_mb``; else ``cache`` (``stream`` without a ``cache_dir``). Resident sets live in an LRU bounded by ``resident_mb`` in
       all (stored forms included); an evicted one is rebuilt when asked again.
     """
 
@@ -250,7 +250,7 @@ class TensorCache:
             return self.data_path
         samples = max(len(split), self._together)
         fits = samples * self.modality.input_bytes(data_config) * RESIDENT_OVERHEAD <= self.budget
-        return "resident" if fits else "cache"
+        return "resident" if fits else "cache" if self.cache_dir is not None else "stream"
 
     def _keep(self, key: Tuple[str, str], value: Any) -> Any:
         self._resident[key] = value
@@ -276,7 +276,7 @@ class TensorCache:
             store = self._keep(key, build_memory(split.items, self.modality, data_config, digest, workers))
         elif mode == "cache":
             if self.cache_dir is None:
-                raise ValueError("the cache data path needs a cache folder")
+                raise ValueError("the cache data path needs a cache folder (TensorCache(cache_dir=...))")
             store = open_disk(self.cache_dir, split.items, self.modality, data_config, digest, workers)
         else:
             store = LiveStore(split.items, self.modality, data_config, digest)

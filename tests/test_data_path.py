@@ -61,6 +61,8 @@ def test_auto_streams_splits_that_fit_alone_but_not_together(image_folder, tmp_p
     assert cache.mode(dataset.train, CONFIG) == "resident"
     cache.expect(dataset.train, dataset.val)
     assert cache.mode(dataset.train, CONFIG) == cache.mode(dataset.val, CONFIG) == "cache"
+    folderless = TensorCache(resident_mb=0)  # e.g. `autotl rank`, which has no run folder: decoded live
+    assert folderless.mode(dataset.train, CONFIG) == "stream"
 
 
 def test_resident_sets_stay_within_the_budget_whatever_the_number_of_configs(image_folder, tmp_path):
