@@ -179,14 +179,11 @@ def test_peak_memory_does_not_grow_like_a_copy_of_the_data(tmp_path):
     assert per_image_kb <= 60, peaks
 
 
-@pytest.mark.parametrize("flag, value, message", [("--data-path", "disk", "invalid choice: 'disk'"),
-                                                  ("--resident-mb", "-1", "expected a whole number >= 0")])
-def test_bad_data_path_flags_are_refused(flag, value, message, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["search", "builtin:digits", flag, value])
-    assert exc.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_a_bad_data_path_from_the_api_is_one_clear_error(tmp_path):
+def test_bad_data_path_options_are_refused(capsys, tmp_path):
+    for flag, value, message in [("--data-path", "disk", "invalid choice: 'disk'"),
+                                 ("--resident-mb", "-1", "expected a whole number >= 0")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["search", "builtin:digits", flag, value])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(autotl.ConfigError, match="the .data_path. option must be one of auto, resident, cache, stream"):
         autotl.search("builtin:digits", data_path="disk", out=str(tmp_path / "run"))
