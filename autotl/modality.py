@@ -129,7 +129,8 @@ class ImageModality:
 
         steps = train_steps(data_config, augment) if augment is not None and augment.active else None
         steps = steps if steps is not None else self.geometry(data_config)
-        return _ImageView(steps)
+        done = {repr(step) for step in self.geometry(data_config)[:-1]}  # the resize decode already did
+        return _ImageView([step for step in steps if repr(step) not in done])
 
     def normalization(self, data_config: Mapping[str, Any]) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -162,7 +163,13 @@ class _ImageView:
 
     def __call__(self, stored: np.ndarray) -> torch.Tensor:
         from PIL import Image
+        from torchvision.transforms import CenterCrop
 
+        if len(self.steps) == 1 and type(self.steps[0]) is CenterCrop:  # the evaluation view: a slice
+            (ch, cw), (h, w) = self.steps[0].size, stored.shape[:2]
+            if h >= ch and w >= cw:  # torchvision's offsets, so the result is the same
+                top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+                return torch.from_numpy(np.ascontiguousarray(stored[top:top + ch, left:left + cw])).permute(2, 0, 1).contiguous()
         img = Image.fromarray(stored)
         for step in self.steps:
             img = step(img)

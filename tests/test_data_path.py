@@ -123,6 +123,19 @@ def test_large_photos_are_downscaled_as_they_are_decoded(tmp_path):
     assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
 
 
+def test_the_evaluation_view_is_timms_centre_crop_of_the_stored_image():
+    """The evaluation view slices the stored array instead of going through PIL: it must give
+    exactly torchvision's CenterCrop, whatever the odd sizes."""
+    from torchvision.transforms import CenterCrop
+
+    view = IMAGE.view(CONFIG)
+    rng = np.random.RandomState(0)
+    for h, w in [(36, 36), (40, 57), (37, 36), (36, 91)]:
+        stored = rng.randint(0, 255, (h, w, 3), dtype=np.uint8)
+        expected = torch.from_numpy(np.asarray(CenterCrop(32)(Image.fromarray(stored))).copy()).permute(2, 0, 1)
+        assert torch.equal(view(stored), expected)
+
+
 def test_the_disk_cache_is_built_once_and_published_whole(image_folder, tmp_path):
     dataset = load_dataset(str(image_folder))
     first = open_disk(tmp_path, dataset.train.items, IMAGE, CONFIG, "abc")
