@@ -37,11 +37,27 @@ from .types import TrialRecord
 JOURNAL_NAME = "study.journal"
 
 
+#: Query parameters of a storage URL whose values are secrets.
+SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "sslpassword")
+
+
 def mask_url(url: Optional[str]) -> Optional[str]:
-    """A storage URL with any password replaced by ``***``: for logs, reports and files."""
+    """A storage URL (or a message that contains one) with every password replaced by ``***``: for
+    logs, reports and files. URLs go through SQLAlchemy's own parser, so a password with ``/`` in
+    it, or one passed as ``?password=``, is hidden too."""
     if not url:
         return url
-    return re.sub(r"(://[^:/@\s]+:)[^@/\s]*@", r"\1***@", url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+    except Exception:  # not a URL: a journal path, or a message with a URL inside
+        text = re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", url)
+        return re.sub(rf"(?i)\b({'|'.join(SECRET_PARAMS)})=[^&\s'\"]*", r"\1=***", text)
+    secret = {k for k in parsed.query if k.lower() in SECRET_PARAMS}
+    shown = parsed.set(query={k: v for k, v in parsed.query.items() if k not in secret})
+    text = shown.render_as_string(hide_password=True)
+    return text + ("&" if shown.query else "?") + "&".join(f"{k}=***" for k in sorted(secret)) if secret else text
 
 
 def make_storage(url: Optional[str], out_dir: Path) -> Any:

@@ -314,6 +314,11 @@ def test_storage_passwords_are_masked():
 
     assert mask_url("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert mask_url("sqlite:///a.db") == "sqlite:///a.db"
+    assert mask_url("postgresql://bob:s3/cret@db:5432/x") == "postgresql://bob:***@db:5432/x"  # a "/" inside
+    assert mask_url("postgresql://bob@db/x?password=s3cret&sslmode=require") == \
+        "postgresql://bob@db/x?sslmode=require&password=***"
+    error = "cannot connect to postgresql://bob:s3/cret@db/x?password=zz: refused"  # a URL inside a message
+    assert "s3/cret" not in mask_url(error) and "zz" not in mask_url(error)
 
 
 @pytest.mark.parametrize("args, message", [
