@@ -45,7 +45,8 @@ class SearchContext:
     ranking: Any = None  # the transferability Ranking, when one ran
 
 
-def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = True) -> SearchContext:
+def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = True,
+            worker: Optional[int] = None) -> SearchContext:
     """Load plugins, space and data; open (or create) the study; queue the first trials on a new study."""
     import timm  # noqa: F401  (loaded here, so the first trial's time is its own)
 
@@ -57,7 +58,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     from .ranking import rank_sources, study_ranking, write_ranking
     from .space import load_space_file, resolve_space
     from .tensors import TensorCache
-    from .study import check_space, make_storage, open_study, resolve_metric
+    from .study import check_space, make_storage, open_study, resolve_metric, worker_index
     from .tasks import make_task
     from .trainer import resolve_device
 
@@ -71,7 +72,7 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     artifacts = Path(config.artifacts) if config.artifacts else out_dir
     storage = make_storage(config.storage, out_dir)
     metric = resolve_metric(config, name, storage, dataset.task)
-    study = open_study(name, storage, space, metric, config.seed)
+    study = open_study(name, storage, space, metric, config.seed, worker_index(worker))
     task = make_task(dataset.task, dataset.train.labels)
     dev = resolve_device(device or config.device)
     tensors = TensorCache(task, data_path=config.data_path, resident_mb=config.resident_mb,
@@ -170,7 +171,7 @@ def _worker_main(config: RunConfig, index: int, device: str, threads: int, targe
     torch.set_num_threads(max(1, threads))
     warnings.filterwarnings("ignore", module="timm")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    ctx = prepare(config, device=device, create=False)
+    ctx = prepare(config, device=device, create=False, worker=index + 1)  # 0 is the command's own process
     with steady_heap():
         run_here(ctx, target=target, deadline=deadline, progress=Progress())
 

@@ -123,11 +123,33 @@ def resolve_metric(config: RunConfig, name: str, storage: Any, task: str) -> str
     return metric
 
 
-def open_study(name: str, storage: Any, space: Space, metric: str, seed: int) -> optuna.Study:
+#: Environment variables that number the tasks of an array job (Slurm, Kubernetes indexed Jobs, PBS, LSF):
+#: separate commands on one study then sample from separate streams, as ``--workers`` processes do.
+WORKER_INDEX_VARS = ("AUTOTL_WORKER_INDEX", "SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX", "PBS_ARRAY_INDEX",
+                     "LSB_JOBINDEX")
+#: A prime stride between workers' sampler seeds, far from the offsets trial counts add.
+WORKER_SEED_STRIDE = 100_003
+
+
+def worker_index(index: Optional[int] = None) -> int:
+    """This worker's number: its ``--workers`` index, else the array-job task index, else 0."""
+    if index is not None:
+        return index
+    for var in WORKER_INDEX_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def open_study(name: str, storage: Any, space: Space, metric: str, seed: int, worker: int = 0) -> optuna.Study:
     """Create the study (its direction follows the metric), or load it to add trials.
 
     Workers on several machines may start at once: a creation race (two creators, or PostgreSQL's
-    schema race) is retried a few times, after which the study simply exists and is loaded.
+    schema race) is retried a few times, after which the study simply exists and is loaded. Each
+    ``worker`` samples from its own seed (``seed`` + a stride per worker), so workers that open the
+    study at the same moment never draw the same parameters, and a run stays reproducible for a
+    given ``--seed`` and worker count.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for attempt in range(5):
@@ -136,7 +158,8 @@ def open_study(name: str, storage: Any, space: Space, metric: str, seed: int) ->
             resumed = name in existing
             offset = len(optuna.load_study(study_name=name, storage=storage).trials) if resumed else 0
             study = optuna.create_study(study_name=name, storage=storage, direction=direction(metric),
-                                        load_if_exists=True, sampler=make_sampler(space, seed, offset),
+                                        load_if_exists=True,
+                                        sampler=make_sampler(space, seed + WORKER_SEED_STRIDE * worker, offset),
                                         pruner=make_pruner(space))
             break
         except Exception as exc:  # e.g. IntegrityError from two creators at once

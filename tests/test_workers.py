@@ -228,3 +228,47 @@ def test_the_heap_is_frozen_for_the_search_only():
         assert gc.get_freeze_count() == frozen
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_workers_sample_distinct_parameters(split_folder, tmp_path):
+    """Every worker opens the study at the same moment: with one sampler seed they drew the same
+    random startup points, and a 2-worker search repeated trials."""
+    space = tmp_path / "space.yaml"
+    space.write_text("epochs: 1\nsampler: {name: random}\npruner: {name: none}\nadapters: [linear]\n"
+                     "params:\n  freeze_depth: 1.0\n  head_lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                     "  weight_decay: {low: 1.0e-4, high: 1.0e-1, log: true}\n")
+    autotl.search(str(split_folder), space=str(space), backbones="timm/test_resnet", trials=8, workers=2,
+                  device="cpu", out=str(tmp_path / "run"), study="distinct", report=False, default_trials=0,
+                  rank=False, soup=0, warm_start="off")
+    study = optuna.load_study(study_name="distinct", storage=autotl.study.make_storage(None, tmp_path / "run"))
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(drawn) >= 8 and len(set(drawn)) == len(drawn), drawn
+
+
+def test_array_job_tasks_get_their_own_sampler_stream(monkeypatch):
+    from autotl.study import worker_index
+
+    monkeypatch.delenv("AUTOTL_WORKER_INDEX", raising=False)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert worker_index() == 3 and worker_index(1) == 1
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "7")
+    assert worker_index() == 7
+
+
+def test_workers_that_open_the_study_together_draw_different_trials(tmp_path):
+    """Two workers open a study at the same moment (the same trial count) with the same --seed: they must
+    not sample the same parameters (the old sampler seed was --seed + trials so far, equal for both)."""
+    from autotl.space import load_space_file
+    from autotl.study import make_storage, open_study
+
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text("epochs: 1\nsampler: {name: random}\nparams:\n  head_lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    space = autotl.space.resolve_space(load_space_file(str(space_path)), autotl.get_plugin_manager(),
+                                       ("timm/test_resnet",), None)
+    storage = make_storage(None, tmp_path / "run")
+    first = open_study("together", storage, space, "accuracy", seed=0, worker=1)
+    second = open_study("together", storage, space, "accuracy", seed=0, worker=2)
+    a, b = first.ask(), second.ask()
+    assert a.suggest_float("x", 0, 1) != b.suggest_float("x", 0, 1)
