@@ -78,8 +78,6 @@ class Dataset:
         return facts
 
 
-ImageSet = SampleSet  # the name of earlier versions
-
 Item = Tuple[Any, str, str]  # (path or in-memory sample, label, shown path)
 
 

@@ -177,12 +177,3 @@ class _ImageView:
 
 
 IMAGE = ImageModality()
-
-
-def modality_for(name: str) -> Modality:
-    """The modality a dataset's items are (today: images)."""
-    if name == "image":
-        return IMAGE
-    from .errors import DataError
-
-    raise DataError(f"no modality {name!r} is available", "use image data")

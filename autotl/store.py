@@ -30,8 +30,6 @@ from .modality import UNREADABLE, Modality
 INDEX_NAME = "index.npy"
 DATA_NAME = "data.u8"
 SKIPPED_NAME = "skipped.json"
-#: Below this many items, decoding in worker processes costs more to start than it saves.
-MIN_ITEMS_FOR_WORKERS = 2000
 
 
 def store_digest(split_digest: str, stored_key: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .streaming import StreamSet, loader_workers  # noqa: F401 - loader_workers is part of this module's API
+from .streaming import StreamSet, loader_workers
 from .config import DATA_PATHS
 from .types import DATA_CONFIG_KEYS
 
@@ -101,10 +101,11 @@ class TensorSet:
     def batches(self, batches: Sequence[Any], device: torch.device) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """(inputs on ``device``, their positions) per batch, in order."""
         for idx in batches:
-            idx = torch.as_tensor(idx, dtype=torch.long) if not isinstance(idx, range) else idx
-            x = self.x[idx.start:idx.stop] if isinstance(idx, range) else self.x[idx]
-            positions = torch.arange(idx.start, idx.stop) if isinstance(idx, range) else idx
-            yield x.to(device, non_blocking=True), positions
+            if isinstance(idx, range):  # consecutive rows: a view, no gather
+                yield self.x[idx.start:idx.stop].to(device, non_blocking=True), torch.arange(idx.start, idx.stop)
+            else:
+                idx = torch.as_tensor(idx, dtype=torch.long)
+                yield self.x[idx].to(device, non_blocking=True), idx
 
 
 def train_steps(data_config: Mapping[str, Any], augment: Augmentation) -> Optional[List[Any]]:
@@ -261,7 +262,6 @@ class TensorCache:
 
     def _store(self, split: Any, data_config: Mapping[str, Any], mode: str) -> Any:
         from .store import LiveStore, build_memory, open_disk, store_digest
-        from .streaming import loader_workers
 
         skey = self.modality.stored_key(data_config)
         digest = store_digest(split.digest, skey)
