@@ -21,17 +21,22 @@ def search(data: str, *, on_trial: Optional[Callable[[TrialRecord], None]] = Non
     Args:
         data: an image folder, a ``.csv`` file, or ``builtin:NAME``.
         on_trial: called with each finished trial's :class:`TrialRecord`.
-        progress: an :class:`autotl.progress.Progress` that shows the search live, e.g.
-            ``autotl.progress.make_progress()``; silent by default.
-        **options: the fields of :class:`autotl.config.RunConfig` (``trials``, ``epochs``,
-            ``backbones``, ``space``, ``metric``, ``device``, ``out``, ``seed``, ``study``,
-            ``storage``, ``plugins``, ``report``, ...).
+        progress: an :class:`autotl.progress.Progress` that shows the search live; by default the
+            CLI's display on stdout (``autotl.progress.make_progress()``), none with ``quiet=True``.
+        **options: the fields of :class:`autotl.config.RunConfig` (``trials``, ``max_trials``,
+            ``epochs``, ``backbones``, ``space``, ``metric``, ``device``, ``out``, ``seed``, ``study``,
+            ``storage``, ``plugins``, ``report``, ``quiet``, ...).
 
     Returns:
         The :class:`RunResult`; ``result.summary`` is what ``summary.json`` holds and
         ``result.report`` what ``report.json`` holds.
     """
-    return run_search(RunConfig.from_options(data, **options), on_trial=on_trial, progress=progress)
+    config = RunConfig.from_options(data, **options)
+    if progress is None and not config.quiet:
+        from .progress import make_progress
+
+        progress = make_progress()
+    return run_search(config, on_trial=on_trial, progress=progress)
 
 
 def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,

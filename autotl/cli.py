@@ -58,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", help="an image folder (class subfolders, or train/ val/ test/), a CSV (path,label) or builtin:NAME")
     s.add_argument("--space", default="default", help="search space: default, quick, or a YAML file")
     s.add_argument("--backbones", metavar="GLOB[,GLOB]", help="source models to consider (globs over `autotl backbones`)")
-    s.add_argument("--trials", type=int, help="number of trials (default 20 unless --timeout)")
+    s.add_argument("--trials", type=int, help="trials this command runs, across its --workers (default 20 unless "
+                                              "--timeout); other commands on the same study run their own")
+    s.add_argument("--max-trials", type=int, metavar="N",
+                   help="stop when the study holds N trials, whoever ran them (for array jobs on one study)")
     s.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
     s.add_argument("--epochs", type=int, help="max epochs per trial (default: the space's)")
     s.add_argument("--metric", help="multiclass: accuracy (default), balanced_accuracy, macro_f1; multilabel: map "
@@ -160,7 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .progress import make_progress
     from .report import format_leaderboard
 
-    result = search(args.data, space=args.space, backbones=args.backbones, trials=args.trials,
+    result = search(args.data, space=args.space, backbones=args.backbones, trials=args.trials, max_trials=args.max_trials,
                     timeout=args.timeout, epochs=args.epochs, metric=args.metric, task=args.task, device=args.device, out=args.out,
                     seed=args.seed, study=args.study, storage=args.storage, quiet=args.quiet, report=args.report,
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,

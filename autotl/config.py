@@ -33,7 +33,8 @@ class RunConfig:
     data: str
     space: str = "default"
     backbones: Optional[Tuple[str, ...]] = None
-    trials: Optional[int] = None
+    trials: Optional[int] = None  # trials this command runs (as Optuna's n_trials), across its workers
+    max_trials: Optional[int] = None  # a cap on the whole study's trials, for array jobs
     timeout: Optional[float] = None
     epochs: Optional[int] = None
     metric: Optional[str] = None  # None: the task's default (or a resumed study's own metric)
@@ -69,7 +70,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check(isinstance(self.data, str) and self.data.strip() != "", "data", "a folder, a .csv file or builtin:NAME",
                self.data)
-        for name in ("trials", "epochs"):
+        for name in ("trials", "max_trials", "epochs"):
             value = getattr(self, name)
             _check(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
                    name, "an int >= 1", value)

@@ -43,6 +43,7 @@ class SearchContext:
     tensors: Any = None  # the search's TensorCache: preprocessed splits, shared by ranking and trials
     features: Any = None  # the search's FeatureCache, or None
     ranking: Any = None  # the transferability Ranking, when one ran
+    heartbeat_s: float = 20.0  # the study's heartbeat interval (autotl.storage.study_heartbeat)
 
 
 def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = True,
@@ -58,7 +59,8 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     from .ranking import rank_sources, study_ranking, write_ranking
     from .space import load_space_file, resolve_space
     from .tensors import TensorCache
-    from .study import check_space, make_storage, open_study, resolve_metric, worker_index
+    from .storage import make_storage, study_heartbeat
+    from .study import check_fingerprint, check_space, open_study, resolve_metric, worker_index
     from .tasks import make_task
     from .trainer import resolve_device
 
@@ -89,6 +91,8 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
         space = dataclasses.replace(space, backbones=tuple(b for b in ranking.order if b in space.backbones)[
             :config.preselect])
     check_space(study, space)
+    check_fingerprint(study, dataset, config.seed)
+    heartbeat_s = study_heartbeat(study)
     if create:
         # A similar earlier search's winners first (the strongest prior when there is one), then the recipe.
         fresh = not study.trials
@@ -102,12 +106,13 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
             study.set_user_attr("dataset", dataset.describe())
         study.set_user_attr("run_dir", str(out_dir.resolve()))
         study.set_user_attr("artifacts", str(artifacts.resolve()))
-        study.set_user_attr("budget", {"trials": config.n_trials, "timeout": config.timeout, "epochs": space.epochs,
+        study.set_user_attr("budget", {"trials": config.n_trials, "max_trials": config.max_trials,
+                                       "timeout": config.timeout, "epochs": space.epochs,
                                        "space": space.file.path, "backbones": list(space.backbones),
                                        "workers": config.workers})
     return SearchContext(config=config, plugins=plugins, space=space, dataset=dataset, task=task, device=dev,
                          name=name, out_dir=out_dir, artifacts=artifacts, storage=storage, metric=metric, study=study,
-                         tensors=tensors, features=features, ranking=ranking)
+                         tensors=tensors, features=features, ranking=ranking, heartbeat_s=heartbeat_s)
 
 
 def previous_study(config: RunConfig) -> Optional[str]:
@@ -124,43 +129,85 @@ def previous_study(config: RunConfig) -> Optional[str]:
         return None
 
 
-def started_trials(study: optuna.Study) -> int:
-    """Trials that have started or finished (queued ones are still to come)."""
-    return sum(t.state != optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+def budget_trials(study: optuna.Study) -> int:
+    """Trials that count against ``--max-trials``: started or finished ones, a trial requeued after its
+    worker died counted once (the retry, not the failed attempt)."""
+    started = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
+    return len(started) - sum("failed_trial" in t.system_attrs for t in started)
 
 
-def run_here(ctx: SearchContext, *, target: Optional[int], deadline: Optional[float], progress: Any,
+class Budget:
+    """What this command may still start: its own ``--trials`` (shared by its ``--workers`` through
+    ``counter``), the study's ``--max-trials``, and the ``--timeout`` deadline. Checked before each
+    trial starts, counting running trials too, so that concurrent workers do not overshoot by a
+    trial each as a check after each trial (Optuna's ``MaxTrialsCallback``) would."""
+
+    def __init__(self, trials: Optional[int], max_trials: Optional[int], deadline: Optional[float],
+                 counter: Any = None) -> None:
+        self.trials, self.max_trials, self.deadline, self.counter = trials, max_trials, deadline, counter
+        self.claimed = 0
+
+    def claim(self, study: optuna.Study) -> bool:
+        """Take one trial of the budget; False when none is left."""
+        if self.deadline is not None and time.time() >= self.deadline:
+            return False
+        if self.max_trials is not None and budget_trials(study) >= self.max_trials:
+            return False
+        if self.trials is None:
+            return True
+        if self.counter is None:
+            if self.claimed >= self.trials:
+                return False
+            self.claimed += 1
+            return True
+        with self.counter.get_lock():
+            if self.counter.value >= self.trials:
+                return False
+            self.counter.value += 1
+            return True
+
+
+def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
              on_trial: Optional[Callable[[TrialRecord], None]] = None) -> None:
-    """Run trials in this process until the study has started ``target`` trials or the deadline passes."""
-    from .export import save_best
-    from .heartbeat import reap_stale_trials
+    """Run trials in this process while the budget lasts."""
+    from .bestmodel import offer
+    from .heartbeat import Reaper
     from .study import TrialRunner, best_other_value, run_one_trial
 
     study, config = ctx.study, ctx.config
 
     def on_best(number: int, value: float, params: Any, model: Any, state: Dict[str, Any]) -> None:
         if state is not None:
-            save_best(ctx, number, value, params, model, state)
+            offer(ctx, number, value, params, model, state)
 
     def trial_done(record: TrialRecord) -> None:
         ctx.plugins.trial_finished(record)
         progress.trial_finished(record, best_other_value(study, -1))
-        if on_trial is not None:
-            try:
-                on_trial(record)
-            except Exception as exc:  # a progress callback never stops the search
-                warn(f"the on_trial callback raised {type(exc).__name__}: {exc}",
-                     "fix the callback; the search went on without it")
+        call_on_trial(on_trial, record)
 
     runner = TrialRunner(config=config, space=ctx.space, dataset=ctx.dataset, task=ctx.task, metric=ctx.metric,
                          plugins=ctx.plugins, device=ctx.device, tensors=ctx.tensors, on_best=on_best,
-                         progress=progress, features=ctx.features)
-    while (target is None or started_trials(study) < target) and (deadline is None or time.time() < deadline):
-        reap_stale_trials(study)
-        run_one_trial(study, runner, trial_done, deadline)
+                         progress=progress, features=ctx.features, heartbeat_s=ctx.heartbeat_s)
+    reaper = Reaper(study, ctx.heartbeat_s)
+    while True:
+        reaper.reap()
+        if not budget.claim(study):
+            break
+        run_one_trial(study, runner, trial_done, budget.deadline)
 
 
-def _worker_main(config: RunConfig, index: int, device: str, threads: int, target: Optional[int],
+def call_on_trial(on_trial: Optional[Callable[[TrialRecord], None]], record: TrialRecord) -> None:
+    """The API's ``on_trial`` callback; one that raises never stops the search."""
+    if on_trial is None:
+        return
+    try:
+        on_trial(record)
+    except Exception as exc:
+        warn(f"the on_trial callback raised {type(exc).__name__}: {exc}",
+             "fix the callback; the search went on without it")
+
+
+def _worker_main(config: RunConfig, index: int, device: str, threads: int, counter: Any,
                  deadline: Optional[float]) -> None:
     """A worker process: its own share of the CPU (or its own device), the same study."""
     import torch
@@ -171,30 +218,39 @@ def _worker_main(config: RunConfig, index: int, device: str, threads: int, targe
     torch.set_num_threads(max(1, threads))
     warnings.filterwarnings("ignore", module="timm")
     warnings.filterwarnings("ignore", category=FutureWarning)
-    ctx = prepare(config, device=device, create=False, worker=index + 1)  # 0 is the command's own process
+    from .errors import AutotlWarning
+
+    with warnings.catch_warnings():  # the command has shown what loading the data and the space found
+        warnings.simplefilter("ignore", category=AutotlWarning)
+        ctx = prepare(config, device=device, create=False, worker=index + 1)  # 0 is the command's own process
     with steady_heap():
-        run_here(ctx, target=target, deadline=deadline, progress=Progress())
+        run_here(ctx, budget=Budget(config.n_trials, config.max_trials, deadline, counter), progress=Progress())
 
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def run_workers(ctx: SearchContext, *, target: Optional[int], deadline: Optional[float], progress: Any) -> None:
+def run_workers(ctx: SearchContext, *, deadline: Optional[float], progress: Any,
+                on_trial: Optional[Callable[[TrialRecord], None]] = None) -> None:
     """``--workers N``: N processes on this machine, each with its device (or its share of the CPU
-    threads); this process shows the study's progress from the storage until they are done."""
-    from .study import trial_record
+    threads), sharing this command's ``--trials``; this process shows the study's progress from the
+    storage (and calls ``on_trial``) until they are done."""
+    from .heartbeat import mark_interrupted, owner_of
+    from .study import best_other_value, trial_record
 
     config = ctx.config
     devices = [d.strip() for d in (config.devices or "").split(",") if d.strip()] or [config.device]
     threads = max(1, _cpus() // config.workers)
     mp = multiprocessing.get_context("spawn")
     worker_config = replace(config, study=ctx.name, out=str(ctx.out_dir), default_trials=0, workers=1)
-    procs = [mp.Process(target=_worker_main, args=(worker_config, i, devices[i % len(devices)], threads, target,
+    counter = mp.Value("i", 0)  # this command's trials so far, across its workers
+    procs = [mp.Process(target=_worker_main, args=(worker_config, i, devices[i % len(devices)], threads, counter,
                                                    deadline), name=f"autotl-worker-{i}", daemon=False)
              for i in range(config.workers)]
     for p in procs:
         p.start()
+    owners = [owner_of(p.pid) for p in procs]
     maximize = ctx.study.direction == optuna.study.StudyDirection.MAXIMIZE
     seen = {t.number for t in ctx.study.get_trials(deepcopy=False) if t.state.is_finished()}
     try:
@@ -203,15 +259,18 @@ def run_workers(ctx: SearchContext, *, target: Optional[int], deadline: Optional
             for t in ctx.study.get_trials(deepcopy=False):
                 if t.state.is_finished() and t.number not in seen:
                     seen.add(t.number)
-                    from .study import best_other_value
-
-                    progress.trial_finished(trial_record(ctx.name, t, maximize), best_other_value(ctx.study, -1))
+                    record = trial_record(ctx.name, t, maximize)
+                    progress.trial_finished(record, best_other_value(ctx.study, -1))
+                    call_on_trial(on_trial, record)
             if not alive:
                 break
             time.sleep(1.0)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
+        for p in procs:
+            p.join(timeout=30)
+        mark_interrupted(ctx.study, owners)  # the trials this command's workers left; nobody else's
         raise
     finally:
         for p in procs:
@@ -226,10 +285,13 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
     """Score the best trial on the test split; write summary.json, trials.csv and the report."""
     from .report import collect_facts, mask_url, write_report
     from .runfolder import score_test_split, summarize, write_run_folder
-    from .study import records, storage_label
+    from .bestmodel import drop_stale_best
+    from .storage import storage_label
+    from .study import records
     from .tasks import direction
 
     study, config = ctx.study, ctx.config
+    drop_stale_best(ctx.artifacts, study)
     all_records = records(study)
     if not interrupted and config.soup > 1:
         cook_soup(ctx)
@@ -280,16 +342,16 @@ def dataset_facts(dataset: Any, study: optuna.Study) -> Dict[str, Any]:
 
 def cook_soup(ctx: SearchContext) -> None:
     """The greedy soup over the kept models, then the artifact folder back to ``--keep-top`` models."""
-    from .export import folder_lock, trim_top
+    from .bestmodel import decision_lock, trim_top
     from .soup import greedy_soup
 
-    with folder_lock(ctx.artifacts / ".best.lock"):
+    with decision_lock(ctx.artifacts):
         try:
             greedy_soup(ctx)
         except Exception as exc:  # the soup only improves a finished search: never lose it for the soup
             warn(f"skipped the greedy soup: {type(exc).__name__}: {exc}",
                  "best/ keeps the best trial's own weights; pass --soup 0 to skip the soup")
-        trim_top(ctx.artifacts, ctx.name, ctx.metric, ctx.config.keep_top)
+        trim_top(ctx.artifacts, ctx.study, ctx.metric, ctx.config.keep_top)
 
 
 def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], None]] = None,
@@ -301,17 +363,19 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     started = time.perf_counter()
     progress = progress if progress is not None else Progress()
     ctx = prepare(config)
-    target = started_trials(ctx.study) + config.n_trials if config.n_trials is not None else None
-    deadline = time.time() + config.timeout if config.timeout else None
+    deadline = time.time() + config.timeout if config.timeout else None  # one deadline for all this command's workers
     interrupted = False
     with steady_heap():
         progress.search_started(config.n_trials, config.timeout)
         try:
             if config.workers > 1:
-                run_workers(ctx, target=target, deadline=deadline, progress=progress)
+                run_workers(ctx, deadline=deadline, progress=progress, on_trial=on_trial)
             else:
-                run_here(ctx, target=target, deadline=deadline, progress=progress, on_trial=on_trial)
+                run_here(ctx, budget=Budget(config.n_trials, config.max_trials, deadline), progress=progress,
+                         on_trial=on_trial)
         except KeyboardInterrupt:
+            from .heartbeat import mark_interrupted
+
             interrupted = True
             mark_interrupted(ctx.study)
         finally:
@@ -320,18 +384,3 @@ def run_search(config: RunConfig, on_trial: Optional[Callable[[TrialRecord], Non
     if interrupted:
         raise KeyboardInterrupt
     return result
-
-
-def mark_interrupted(study: optuna.Study) -> List[int]:
-    """After Ctrl-C: the trials this search left RUNNING are failed with the reason ``interrupted``."""
-    marked = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("pid") not in (None, os.getpid()):
-            continue  # another worker's trial: still running
-        try:
-            study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted (Ctrl-C)")
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            marked.append(t.number)
-        except Exception:
-            pass
-    return marked

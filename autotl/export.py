@@ -7,7 +7,6 @@ the source model and adapter, then loads the weights.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -19,11 +18,18 @@ import numpy as np
 import torch
 
 from .errors import DataError, ModelError
-from .runfolder import CONFIG_NAME  # one name for best/'s config, shared with the run folder
+from .locks import file_lock, read_lock
 from .types import SourceModel, TargetAdapter
 
 WEIGHTS_NAME = "model.safetensors"
-TOP_DIR = "top"  # <artifacts>/top/trial-N/: the next best models, with --keep-top K > 1
+CONFIG_NAME = "config.json"  # how to rebuild the model
+BEST_DIR = "best"  # a run folder's model: <run>/best/ (autotl.bestmodel decides what it holds)
+
+
+def model_lock(folder: Path) -> Path:
+    """The lock model folders are swapped under, and read under: one ``.swap.lock`` in the folder
+    that holds them (one file, whatever the number of models kept and removed over time)."""
+    return folder.parent / ".swap.lock"
 
 
 def _plain_timm(architecture: str, num_classes: int, model_kwargs: Mapping[str, Any]):
@@ -114,117 +120,56 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
+    with file_lock(model_lock(target)):  # readers (load_model) never see the folder half-swapped
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return config
 
 
-@contextlib.contextmanager
-def folder_lock(path: Path):
-    """An exclusive lock (``flock``) on ``path``: one worker at a time decides and writes ``best/``."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def exported_value(directory: Path, study: str) -> Optional[float]:
-    """The value of the model ``directory`` holds, if it belongs to ``study``."""
-    try:
-        config = json.loads((directory / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return float(config["value"]) if config.get("study") == study and config.get("value") is not None else None
-
-
-def save_best(ctx: Any, number: int, value: float, params: Any, model: Any, state: Mapping[str, torch.Tensor]) -> bool:
-    """Write trial ``number`` to ``<artifacts>/best/`` if it beats the study's other trials and the
-    model already there. Workers on one artifact folder take turns under a lock, so the best trial
-    wins whatever order trials finish in. Returns whether it was written."""
-    from .runfolder import BEST_DIR
-    from .study import best_other_value
-    from .tasks import better
-
-    target = ctx.artifacts / BEST_DIR
-    keep = kept_models(ctx.config)
-    with folder_lock(ctx.artifacts / ".best.lock"):
-        is_best = better(ctx.metric, value, best_other_value(ctx.study, number))
-        current = exported_value(target, ctx.name)
-        is_best = is_best and (current is None or better(ctx.metric, value, current))
-        in_top = keep > 1 and _rank(ctx, number, value) < keep
-        if not (is_best or in_top):
-            return False
-        state, adapter, adapter_params = merged_for_export(model.module, state, ctx.plugins.adapters.get(params.adapter),
-                                                           ctx.plugins.adapters, params.adapter_params)
-        write = dict(source=ctx.plugins.sources.get(params.backbone), adapter=adapter, adapter_params=adapter_params,
-                     classes=ctx.dataset.classes, data_config=model.data_config,
-                     extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
-                            "params": params.as_dict(), **ctx.task.export()})
-        if in_top:
-            save_model(str(ctx.artifacts / TOP_DIR / f"trial-{number}"), state, **write)
-            trim_top(ctx.artifacts, ctx.name, ctx.metric, keep)
-        if is_best:
-            save_model(str(target), state, **write)
-    return is_best
-
-
-def _rank(ctx: Any, number: int, value: float) -> int:
-    """How many finished trials of the study beat this one."""
-    import optuna
-
-    from .tasks import better
-
-    others = [t.value for t in ctx.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-              if t.number != number and t.value is not None]
-    return sum(better(ctx.metric, v, value) for v in others)
-
-
-def kept_models(config: Any) -> int:
-    """Models kept in the artifact folder while the search runs: ``--keep-top``, or more for ``--soup``."""
-    return max(int(getattr(config, "keep_top", 1)), int(getattr(config, "soup", 0)))
-
-
-def trim_top(artifacts: Path, study: str, metric: str, keep: int) -> None:
-    """Keep the ``keep`` best models of ``study`` under ``top/`` (none when ``keep`` is 1 or less)."""
-    from .tasks import METRICS
-
-    folder = artifacts / TOP_DIR
-    if keep <= 1:
-        shutil.rmtree(folder, ignore_errors=True)
-        return
-    entries = [(exported_value(d, study), d) for d in folder.glob("trial-*") if d.is_dir()]
-    entries = [(v, d) for v, d in entries if v is not None]
-    entries.sort(key=lambda e: e[0], reverse=METRICS[metric] == "maximize")
-    for _, d in entries[keep:]:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:
-    """Find ``config.json`` in a model folder or a run folder (its ``best/``)."""
+def model_folder(model_dir: str) -> Path:
+    """The model folder ``model_dir`` names: itself, or a run folder's ``best/``."""
     path = Path(model_dir)
-    for candidate in (path, path / "best"):
-        if (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file():
-            try:
-                return candidate, json.loads((candidate / CONFIG_NAME).read_text())
-            except json.JSONDecodeError as exc:
-                raise ModelError(f"{candidate / CONFIG_NAME} is not valid JSON", "re-export the model") from exc
+    for candidate in (path, path / BEST_DIR):
+        lock = model_lock(candidate)
+        if lock.exists():  # written by save_model: look while no swap is under way
+            with read_lock(lock):
+                found = (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file()
+        else:
+            found = (candidate / CONFIG_NAME).is_file() and (candidate / WEIGHTS_NAME).is_file()
+        if found:
+            return candidate
     raise ModelError(f"no saved model in {model_dir!r}",
                      f"pass a run folder or its best/ folder (with {CONFIG_NAME} and {WEIGHTS_NAME})")
 
 
+def _config(folder: Path) -> Dict[str, Any]:
+    try:
+        return json.loads((folder / CONFIG_NAME).read_text())
+    except FileNotFoundError as exc:
+        raise ModelError(f"no saved model in {str(folder)!r}", "pass a run folder or a model folder") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{folder / CONFIG_NAME} is not valid JSON", "re-export the model") from exc
+
+
+def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:
+    """Find and read ``config.json`` in a model folder or a run folder (its ``best/``)."""
+    folder = model_folder(model_dir)
+    with read_lock(model_lock(folder)):
+        return folder, _config(folder)
+
+
 def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
-    """Rebuild the saved model and load its weights (through safetensors only)."""
+    """Rebuild the saved model and load its weights (through safetensors only). The config and the
+    weights are read under the folder's lock, so both come from the same model even while another
+    worker replaces it."""
     from .checkpoints import read_weights
 
-    folder, config = read_config(model_dir)
-    state = read_weights(str(folder / WEIGHTS_NAME))
+    folder = model_folder(model_dir)
+    with read_lock(model_lock(folder)):
+        config = _config(folder)
+        state = read_weights(str(folder / WEIGHTS_NAME))
     if config.get("format") == "timm":
         module = _plain_timm(config["architecture"], int(config["num_classes"]), config.get("model_kwargs") or {})
     else:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from .errors import BuildError, TrialError
+from .errors import AutotlError, BuildError, TrialError
 from .types import SourceModel, TargetAdapter
 
 
@@ -118,6 +118,9 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
     if net is None:
         try:
             net = source.build()
+        except AutotlError as exc:  # the plugin says what is wrong and how to fix it: keep both
+            raise BuildError(f"source model {source.name!r} failed to build: {exc.what}",
+                             exc.fix or "fix its plugin, or exclude it with --backbones") from exc
         except Exception as exc:
             raise BuildError(f"source model {source.name!r} failed to build: {type(exc).__name__}: {exc}",
                              "fix its plugin, or exclude it with --backbones") from exc

@@ -46,6 +46,10 @@ class Registry(Generic[T]):
         if not callable(getattr(item, "build", None) or getattr(item, "attach", None) or getattr(item, "load", None)):
             raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} without a callable",
                                 "pass a function, not its result")
+        precheck = getattr(item, "precheck", None)
+        if precheck is not None and not callable(precheck):
+            raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} with a precheck that is not "
+                                "callable", "pass a function (or None) as precheck=")
         if name in self._items:
             raise RegistryError(
                 f"plugin {plugin!r} registered {self.kind} {name!r}, already registered by plugin {self._owner[name]!r}",

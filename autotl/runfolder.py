@@ -13,34 +13,13 @@ from typing import Any, Dict, List, Optional
 import optuna
 
 from . import __version__
+from .bestmodel import best_model_config, best_model_trial
+from .export import BEST_DIR
 from .types import TrialRecord
 
 SUMMARY_NAME = "summary.json"
 TRIALS_NAME = "trials.csv"
-BEST_DIR = "best"
 TEST_ATTR = "test_scores"
-CONFIG_NAME = "config.json"  # in best/: how to rebuild the model (see autotl.export)
-
-
-def best_model_config(out_dir: Path, study: Optional[str] = None) -> Optional[Dict[str, Any]]:
-    """``best/config.json``, if there is one (and if it belongs to ``study``, when given)."""
-    path = out_dir / BEST_DIR / CONFIG_NAME
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict) or (study is not None and config.get("study") not in (None, study)):
-        return None
-    return config
-
-
-def best_model_trial(out_dir: Path, study: Optional[str] = None) -> Optional[int]:
-    """The trial whose weights ``best/`` holds, if any (and if it belongs to ``study``, when given)."""
-    config = best_model_config(out_dir, study)
-    try:
-        return int(config.get("trial")) if config is not None else None
-    except (ValueError, TypeError):
-        return None
 
 
 def model_key(trial: Any, soup: Optional[Dict[str, Any]] = None) -> str:

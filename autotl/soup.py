@@ -51,7 +51,8 @@ def average(states: List[Mapping[str, torch.Tensor]]) -> Dict[str, torch.Tensor]
 
 def _candidates(artifacts: Path, best: Mapping[str, Any], maximize: bool) -> List[Tuple[float, Path]]:
     """The other kept models of this study with the best's backbone and adapter, best first."""
-    from .export import TOP_DIR, read_config
+    from .bestmodel import TOP_DIR
+    from .export import read_config
 
     found = []
     for folder in (artifacts / TOP_DIR).glob("trial-*"):
@@ -71,8 +72,7 @@ def greedy_soup(ctx: Any) -> Optional[SoupResult]:
     """Cook the soup for the search's ``best/`` (see the module docstring) and record the attempt in the
     study (user attr ``soup``). Returns None when there was nothing to try."""
     from .checkpoints import read_weights
-    from .export import WEIGHTS_NAME, load_model, read_config, save_model
-    from .runfolder import BEST_DIR
+    from .export import BEST_DIR, WEIGHTS_NAME, load_model, read_config, save_model
     from .tasks import METRICS, better
     from .trainer import predict_outputs
 

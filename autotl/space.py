@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .errors import RegistryError, SpaceError, warn
+from .errors import AutotlError, RegistryError, SpaceError, warn
 from .selection import DEFAULT_RULE
 
 #: Core knobs: (python type, default, lowest allowed, highest allowed). docs/user-guide.md explains each.
@@ -420,6 +420,39 @@ def _infer_type(spec: Any) -> type:
     return object
 
 
+def usable_sources(plugins: Any, names: Sequence[str], key: str) -> List[str]:
+    """``names`` without the sources whose ``precheck`` says they cannot be built on this machine.
+
+    Sources left out for the same reason (e.g. hub weights with no network to fetch them) share
+    one warning line that names them and says how to get them back. When nothing is left, the
+    space cannot be searched here: a ``SpaceError`` with the same fix.
+    """
+    usable: List[str] = []
+    left_out: Dict[Tuple[str, str], List[str]] = {}
+    for name in names:
+        source = plugins.sources.get(name)
+        try:
+            if source.precheck is not None:
+                source.precheck()
+        except AutotlError as exc:
+            left_out.setdefault((exc.what, exc.fix), []).append(name)
+            continue
+        except Exception as exc:  # a plugin's bug in its check: say so, and leave the source out
+            left_out.setdefault((f"their precheck raised {type(exc).__name__}: {exc}",
+                                 f"fix the plugin {plugins.sources.owner(name)!r} or exclude them with --backbones"),
+                                []).append(name)
+            continue
+        usable.append(name)
+    if not usable:
+        (what, fix), _ = next(iter(left_out.items()))
+        more = f" (and {len(left_out) - 1} other reason(s))" if len(left_out) > 1 else ""
+        raise SpaceError(f"{key}: none of the {len(names)} matching source model(s) can be used here: "
+                         f"{what}{more}", fix or "pick other backbones")
+    for (what, fix), skipped in left_out.items():
+        warn(f"{key}: left out {len(skipped)} source model(s) ({', '.join(skipped)}): {what}", fix)
+    return usable
+
+
 def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[str]] = None,
                   epochs: Optional[int] = None, task: str = "multiclass") -> Space:
     """Tie a space file to the registries: expand backbone globs, check adapters and their knobs.
@@ -437,6 +470,7 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     if not names:
         raise SpaceError(f"{key}: every matching source model is excluded",
                          "widen the include globs or drop some excludes")
+    names = usable_sources(plugins, names, key)
     adapter_specs = {}
     usable = []
     for name in file.adapters:

@@ -155,12 +155,12 @@ def open_disk(folder: Path, items: Sequence[Any], modality: Modality, data_confi
     """The split's stored forms under ``folder/<digest>/``, written now unless a complete copy is
     there. Writers take a lock and publish by renaming a finished folder, so several workers on one
     run folder build it once and never read a half-written one."""
-    from .export import folder_lock
+    from .locks import file_lock
 
     final = Path(folder) / digest
     if (final / INDEX_NAME).is_file():
         return DiskStore(final, digest)
-    with folder_lock(Path(folder) / f".{digest}.lock"):
+    with file_lock(Path(folder) / f".{digest}.lock"):
         if (final / INDEX_NAME).is_file():
             return DiskStore(final, digest)
         tmp = Path(folder) / f".{digest}.{os.getpid()}.tmp"

@@ -14,75 +14,25 @@ import json
 import math
 import os
 import random
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
 import optuna
 
 from . import __version__
 from .config import RunConfig
 from .data import Dataset
-from .errors import AutotlError, BuildError, ConfigError, TrialError, UsageError, warn
-from .heartbeat import HEARTBEAT_ATTR, Heartbeat
+from .errors import AutotlError, BuildError, ConfigError, TrialError, warn
+from .heartbeat import HEARTBEAT_ATTR, INTERVAL_ATTR, OWNER_ATTR, Heartbeat, process_owner
 from .progress import Progress
 from .selection import Selection
 from .space import Space, TrialParams
 from .tasks import Task, direction
 from .types import TrialRecord
-
-JOURNAL_NAME = "study.journal"
-
-
-#: Query parameters of a storage URL whose values are secrets.
-SECRET_PARAMS = ("password", "passwd", "pwd", "secret", "token", "sslpassword")
-
-
-def mask_url(url: Optional[str]) -> Optional[str]:
-    """A storage URL (or a message that contains one) with every password replaced by ``***``: for
-    logs, reports and files. URLs go through SQLAlchemy's own parser, so a password with ``/`` in
-    it, or one passed as ``?password=``, is hidden too."""
-    if not url:
-        return url
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-    except Exception:  # not a URL: a journal path, or a message with a URL inside
-        text = re.sub(r"(://[^:/@\s]+:)[^@\s]*@", r"\1***@", url)
-        return re.sub(rf"(?i)\b({'|'.join(SECRET_PARAMS)})=[^&\s'\"]*", r"\1=***", text)
-    secret = {k for k in parsed.query if k.lower() in SECRET_PARAMS}
-    shown = parsed.set(query={k: v for k, v in parsed.query.items() if k not in secret})
-    text = shown.render_as_string(hide_password=True)
-    return text + ("&" if shown.query else "?") + "&".join(f"{k}=***" for k in sorted(secret)) if secret else text
-
-
-def make_storage(url: Optional[str], out_dir: Path) -> Any:
-    """The study's storage: a journal file in the run folder, or any Optuna storage URL."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    if not url:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(out_dir / JOURNAL_NAME)))
-    if url.endswith(".journal") or url.startswith("journal:"):
-        path = url.split(":", 1)[1] if url.startswith("journal:") else url
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    try:
-        return optuna.storages.get_storage(url)
-    except Exception as exc:
-        detail = mask_url(" ".join(str(exc).split(" (Background on this error")[0].split()))[:300]
-        raise UsageError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {detail}",
-                         "check the URL (e.g. sqlite:///study.db or postgresql://host/db) and that the server runs") from exc
-
-
-def storage_label(url: Optional[str], out_dir: Path) -> str:
-    return url or str(out_dir / JOURNAL_NAME)
-
 
 def make_sampler(space: Space, seed: int, offset: int) -> optuna.samplers.BaseSampler:
     """TPE (default) or random, seeded; ``offset`` (trials already in the study) keeps a resumed
@@ -199,6 +149,61 @@ def check_space(study: optuna.Study, space: Space) -> None:
                           "pass the same --space, --backbones and --epochs, or start a new --study")
 
 
+def _split_identity(split: Any) -> List[str]:
+    """Each sample of a split as location-free text: a file by its name within the data folder and its
+    size (the same data copied to another node's scratch disk matches), an in-memory sample by the
+    split's content digest; with its label."""
+    if split is None:
+        return []
+    items = [str(i) for i in split.items]
+    files = all(isinstance(i, (str, Path)) for i in split.items)
+    root = os.path.commonpath(items) if files and len(items) > 1 else ""
+    out = []
+    for item, label in zip(split.items, np.asarray(split.labels).tolist()):
+        if files:
+            try:
+                size = os.path.getsize(item)
+            except OSError:
+                size = -1
+            out.append(f"{os.path.relpath(str(item), root) if root else os.path.basename(str(item))}|{size}|{label}")
+        else:
+            out.append(f"{split.digest}|{label}")
+    return out
+
+
+def _hash(lines: List[str]) -> str:
+    import hashlib
+
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=8).hexdigest()
+
+
+def data_fingerprint(dataset: Dataset, seed: int) -> Dict[str, Any]:
+    """What makes a resumed study's trials comparable besides the space: the data (every sample and
+    label, whatever the split), the validation split, and the seed."""
+    splits = [_split_identity(s) for s in (dataset.train, dataset.val, dataset.test)]
+    return {"data": _hash(sorted(sum(splits, []))), "val_split": _hash(sorted(splits[1])), "seed": seed}
+
+
+def check_fingerprint(study: optuna.Study, dataset: Dataset, seed: int) -> None:
+    """Resuming a study with other data, another validation split or another seed is refused: its
+    trials would not be comparable with those already in it."""
+    mine = data_fingerprint(dataset, seed)
+    stored = study.user_attrs.get("fingerprint")
+    if not isinstance(stored, dict):
+        study.set_user_attr("fingerprint", mine)
+        return
+    name = study.study_name
+    if stored.get("data") != mine["data"]:
+        raise ConfigError(f"study {name!r} was searched on other data (digest {stored.get('data')}; this data is "
+                          f"{mine['data']})", "pass the same data, or start a new --study")
+    if stored.get("val_split") != mine["val_split"]:
+        raise ConfigError(f"study {name!r} was validated on another split of this data", "pass the same --seed and "
+                          "--val-fraction it was started with, or start a new --study")
+    if stored.get("seed") != mine["seed"]:
+        raise ConfigError(f"study {name!r} was started with --seed {stored.get('seed')}, not {seed}",
+                          f"pass --seed {stored.get('seed')}, or start a new --study")
+
+
 def set_trial_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
     """Store several user attributes of a running trial, each under its own key exactly as
     ``trial.set_user_attr`` would, in as few storage writes as the storage allows.
@@ -252,7 +257,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def trial_record(study_name: str, t: optuna.trial.FrozenTrial, maximize: bool = True) -> TrialRecord:
+def stale_reasons(trials: List[optuna.trial.FrozenTrial]) -> Dict[int, str]:
+    """The failure reason of trials Optuna's heartbeat check failed (an RDB storage's stale trials,
+    which carry no reason of their own): each names its retry, if it got one."""
+    from .heartbeat import STALE_REASON
+
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+    return {t.number: f"{STALE_REASON} (no heartbeat within the grace period); " + (
+        f"retried as trial {retried_as[t.number]}" if t.number in retried_as else "not retried: retry cap reached")
+        for t in trials if t.state == optuna.trial.TrialState.FAIL and not t.user_attrs.get("fail_reason")
+        and OWNER_ATTR in t.user_attrs}
+
+
+def trial_record(study_name: str, t: optuna.trial.FrozenTrial, maximize: bool = True,
+                 fail_reason: Optional[str] = None) -> TrialRecord:
     """A :class:`TrialRecord` from a stored trial; a pruned trial's value is its best epoch's."""
     ua = t.user_attrs
     state = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
@@ -264,7 +282,7 @@ def trial_record(study_name: str, t: optuna.trial.FrozenTrial, maximize: bool = 
                        params=dict(ua.get("params", t.params)), backbone=ua.get("backbone", t.params.get("backbone")),
                        adapter=ua.get("adapter", t.params.get("adapter")), curve=curve,
                        epochs_run=int(ua.get("epochs_run", len(t.intermediate_values))), seconds=float(ua.get("seconds", 0.0)),
-                       fail_reason=ua.get("fail_reason"))
+                       fail_reason=ua.get("fail_reason") or fail_reason)
 
 
 @dataclass
@@ -282,7 +300,10 @@ class TrialRunner:
     on_best: Callable[[int, float, TrialParams, Any, Dict[str, Any]], None]
     progress: Progress = field(default_factory=Progress)
     features: Any = None  # a FeatureCache shared by the search's trials, or None
+    heartbeat_s: float = 20.0  # the study's heartbeat interval (autotl.storage.study_heartbeat)
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
+    # The trial that just returned its value: offered to best/ once Optuna has stored it as COMPLETE.
+    finished: Optional[tuple] = None
 
     def _fit(self, trial: optuna.Trial, model: Any, params: TrialParams) -> Any:
         from .tensors import Augmentation
@@ -316,16 +337,25 @@ class TrialRunner:
         model = result = oom = None
         # The user attributes go to the storage in two batches (see set_trial_attrs): what the trial is,
         # once it is sampled, and what it did, when it ends.
-        attrs: Dict[str, Any] = {"pid": os.getpid()}
-        beat = Heartbeat(trial.study, trial._trial_id)
+        # Who runs it (a rerun on this machine requeues a dead owner's trial at once), and its heartbeat:
+        # autotl's own on a journal file; Optuna's on an RDB storage (autotl.storage).
+        attrs: Dict[str, Any] = {"pid": os.getpid(), OWNER_ATTR: process_owner(), INTERVAL_ATTR: self.heartbeat_s}
+        if trial.user_attrs.get("fail_reason"):
+            attrs["fail_reason"] = None  # a retry starts with the user attributes of the trial it repeats
+        from .storage import uses_optuna_heartbeats
+
+        beat = None if uses_optuna_heartbeats(trial.storage) else Heartbeat(trial.study, trial._trial_id,
+                                                                            self.heartbeat_s)
         try:
             params = self.space.suggest(trial)
             attrs.update(backbone=params.backbone, adapter=params.adapter, params=_json(params.as_dict()),
                          max_epochs=self.space.epochs, device=str(self.device))
-            attrs[HEARTBEAT_ATTR] = time.time()  # the first beat rides with them
+            if beat is not None:
+                attrs[HEARTBEAT_ATTR] = time.time()  # the first beat rides with them
             set_trial_attrs(trial, attrs)
             attrs = {}
-            beat.start(beat_now=False)
+            if beat is not None:
+                beat.start()
             self.progress.trial_started(trial.number, params.backbone, self.space.epochs)
             source = self.plugins.sources.get(params.backbone)
             adapter = self.plugins.adapters.get(params.adapter)
@@ -369,12 +399,7 @@ class TrialRunner:
             value = float(result.score)
             if not math.isfinite(value):
                 raise AutotlError(f"the validation {self.metric} is {value}", "check the validation data")
-            try:
-                self.on_best(trial.number, value, params, model, result.state_dict)
-            except Exception as exc:  # a finished trial is never failed by its export
-                warn(f"trial {trial.number}: could not write best/: {_one_line(exc)}",
-                     "free space or fix the permissions of the artifact folder (--artifacts); the trial is kept, "
-                     "and best/ still holds the previous best")
+            self.finished = (trial.number, value, params, model, result.state_dict)
             return value
         except optuna.TrialPruned:
             raise
@@ -390,11 +415,24 @@ class TrialRunner:
             attrs["fail_reason"] = reason[:2000]
             raise
         finally:
-            beat.stop()
+            if beat is not None:
+                beat.stop()
             attrs["seconds"] = round(time.perf_counter() - start, 3)
             set_trial_attrs(trial, attrs)
             # The model goes here; a garbage collection after the trial (run_one_trial) frees what cycles hold.
             del model, result
+
+    def publish(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """Offer the trial Optuna has just stored to ``best/`` (only a COMPLETE one, never before)."""
+        finished, self.finished = self.finished, None
+        if finished is None or finished[0] != frozen.number or frozen.state != optuna.trial.TrialState.COMPLETE:
+            return
+        try:
+            self.on_best(*finished)
+        except Exception as exc:  # a finished trial is never failed by its export
+            warn(f"trial {frozen.number}: could not write best/: {_one_line(exc)}",
+                 "free space or fix the permissions of the artifact folder (--artifacts); the trial is kept, "
+                 "and best/ still holds the previous best")
 
 
 def data_facts(tensors: Any, data_config: Any, dataset: Any, train: Any, val: Any, result: Any) -> Dict[str, Any]:
@@ -450,13 +488,17 @@ def run_one_trial(study: optuna.Study, runner: "TrialRunner", on_trial: Callable
     """One trial through ``study.optimize``; a failed trial is recorded and the search goes on."""
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        runner.publish(frozen)  # Optuna has stored the trial's state: only now may it become best/
         on_trial(trial_record(study.study_name, frozen, study.direction == optuna.study.StudyDirection.MAXIMIZE))
 
     timeout = max(0.0, deadline - time.time()) if deadline is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        study.optimize(runner, n_trials=1, timeout=timeout, catch=(Exception,), callbacks=[callback],
-                       gc_after_trial=False)
+        try:
+            study.optimize(runner, n_trials=1, timeout=timeout, catch=(Exception,), callbacks=[callback],
+                           gc_after_trial=False)
+        finally:
+            runner.finished = None
     # Here, not inside the trial: a failed trial's exception (with the frames of its model and batches)
     # is only released once study.optimize has recorded it.
     _free(runner.device)
@@ -480,5 +522,7 @@ def steady_heap():
 
 def records(study: optuna.Study) -> List[TrialRecord]:
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return [trial_record(study.study_name, t, maximize) for t in study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False)
+    stale = stale_reasons(trials)
+    return [trial_record(study.study_name, t, maximize, stale.get(t.number)) for t in trials
             if t.state != optuna.trial.TrialState.RUNNING and t.state != optuna.trial.TrialState.WAITING]

@@ -38,6 +38,11 @@ class SourceModel:
         description: one line for ``autotl backbones``.
         source_task: what the weights were trained on (``imagenet-1k``, ``builtin:digits-source``).
         metadata: any further JSON-able facts (source accuracy, licence, ...).
+        precheck: optional zero-argument callable that says, cheaply and without building or
+            downloading anything, whether ``build`` can work on this machine: it raises
+            ``autotl.BuildError(what, fix)`` when it cannot (e.g. the weights are on a hub that
+            cannot be reached and not in its local cache). A space leaves such a source out,
+            with one warning line per reason, instead of failing its trials one by one.
     """
 
     name: str
@@ -53,6 +58,7 @@ class SourceModel:
     description: str = ""
     source_task: Optional[str] = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    precheck: Optional[Callable[[], None]] = None
 
 
 @dataclass(frozen=True)

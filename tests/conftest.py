@@ -45,7 +45,7 @@ def _isolated_session(tmp_path_factory):
     keys = {"AUTOTL_ZOO": str(tmp_path_factory.mktemp("session_zoo")),
             "AUTOTL_TIMM_WEIGHTS": str(tmp_path_factory.mktemp("session_weights")),
             "AUTOTL_HISTORY": str(tmp_path_factory.mktemp("session_history") / "history.jsonl"),
-            "HF_HUB_OFFLINE": "1"}
+            "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path_factory.mktemp("session_hf_cache"))}
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
     yield
@@ -68,10 +68,11 @@ def _isolated_history(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
-    """Every test gets its own empty zoo and timm weights folder, and never reaches the hub."""
+    """Every test gets its own empty zoo, timm weights folder and Hugging Face cache, and never reaches the hub."""
     monkeypatch.setenv("AUTOTL_ZOO", str(tmp_path_factory.mktemp("zoo")))
     monkeypatch.setenv("AUTOTL_TIMM_WEIGHTS", str(tmp_path_factory.mktemp("timm_weights")))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))  # never the user's cached weights
     monkeypatch.setenv("AUTOTL_HISTORY", str(tmp_path_factory.mktemp("history") / "history.jsonl"))
     monkeypatch.delenv("AUTOTL_DISABLE_PLUGIN_AUTOLOAD", raising=False)
 

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 import autotl
-import autotl.study
+import autotl.storage
 from autotl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_a_pickle_that_carries_code_is_refused(tmp_path, monkeypatch, capsys, sp
                           "--no-report", "--default-trials", "2"], capsys)
     assert not mark.exists()  # the pickle's code never ran
     study = optuna.load_study(study_name=json.loads((tmp_path / "run" / "summary.json").read_text())["study"],
-                              storage=autotl.study.make_storage(None, tmp_path / "run"))
+                              storage=autotl.storage.make_storage(None, tmp_path / "run"))
     reasons = {t.params["backbone"]: t.user_attrs.get("fail_reason") for t in study.trials}
     assert "refused to load evil.pth: it holds pickled objects or code, not only tensors" in reasons["zoo/evil"]
     assert reasons["zoo/plain"] is None and code == 0
@@ -123,7 +123,7 @@ def test_a_full_disk_for_artifacts_keeps_the_trial_and_the_old_best(split_folder
         # a second study into the same artifact folder: its first trial is its best, so it tries to export
         result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=2, epochs=1,
                                device="cpu", out=str(out), study="disk2", report=False, default_trials=0)
-    study = optuna.load_study(study_name="disk2", storage=autotl.study.make_storage(None, out))
+    study = optuna.load_study(study_name="disk2", storage=autotl.storage.make_storage(None, out))
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials)
     assert result.summary["best"] is not None and result.summary["best"]["model_dir"] is None
     assert (out / "best" / "config.json").read_text() == before  # untouched, still loadable
@@ -143,7 +143,7 @@ def test_an_interrupted_run_keeps_finished_trials_and_writes_its_report(split_fo
     with pytest.raises(KeyboardInterrupt):
         autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=5, epochs=1, device="cpu",
                       out=str(out), study="ctrlc", on_trial=stop_after_two, default_trials=0)
-    study = optuna.load_study(study_name="ctrlc", storage=autotl.study.make_storage(None, out))
+    study = optuna.load_study(study_name="ctrlc", storage=autotl.storage.make_storage(None, out))
     assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
     summary = json.loads((out / "summary.json").read_text())
     assert sum(summary["trials"].values()) == 2 and (out / "report.html").is_file()
@@ -168,7 +168,7 @@ def test_ctrl_c_inside_a_trial_marks_it_interrupted(split_folder, tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         autotl.search(str(split_folder), space="quick", backbones="timm/test_vit", trials=4, epochs=1, device="cpu",
                       out=str(out), study="inside", default_trials=0, report=False)
-    trials = optuna.load_study(study_name="inside", storage=autotl.study.make_storage(None, out)).trials
+    trials = optuna.load_study(study_name="inside", storage=autotl.storage.make_storage(None, out)).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL"]
     assert trials[1].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     assert json.loads((out / "summary.json").read_text())["trials"]["complete"] == 1
@@ -192,7 +192,7 @@ def test_the_same_command_again_resumes_its_study(split_folder, tmp_path, capsys
     assert main(args) == 0 and main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert sum(summary["trials"].values()) == 2
-    assert [s.study_name for s in optuna.get_all_study_summaries(autotl.study.make_storage(None, tmp_path / "run"))] \
+    assert [s.study_name for s in optuna.get_all_study_summaries(autotl.storage.make_storage(None, tmp_path / "run"))] \
         == [summary["study"]]
 
 

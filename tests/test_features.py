@@ -128,6 +128,7 @@ def test_search_uses_the_cache_by_default_and_the_flag_turns_it_off(split_folder
     import optuna
 
     import autotl
+    import autotl.storage
 
     space = tmp_path / "space.yaml"
     space.write_text("epochs: 2\npruner: none\nparams:\n  freeze_depth: 1.0\n")
@@ -135,5 +136,5 @@ def test_search_uses_the_cache_by_default_and_the_flag_turns_it_off(split_folder
         result = autotl.search(str(split_folder), space=str(space), backbones="timm/test_vit", trials=2,
                                device="cpu", out=str(tmp_path / f"run{flag}"), feature_cache=flag, report=False,
                                default_trials=0)
-        study = optuna.load_study(study_name=result.study, storage=autotl.study.make_storage(None, tmp_path / f"run{flag}"))
+        study = optuna.load_study(study_name=result.study, storage=autotl.storage.make_storage(None, tmp_path / f"run{flag}"))
         assert [t.user_attrs["feature_cache"] for t in study.trials] == [expected, expected]

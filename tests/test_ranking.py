@@ -7,7 +7,7 @@ import json
 import optuna
 
 import autotl
-import autotl.study
+import autotl.storage
 from autotl.cli import main
 from conftest import FIXTURE_PLUGINS
 
@@ -16,7 +16,7 @@ RANKED = str(FIXTURE_PLUGINS / "ranked.py")
 
 def trials_of(out):
     summary = json.loads((out / "summary.json").read_text())
-    return optuna.load_study(study_name=summary["study"], storage=autotl.study.make_storage(None, out)).trials
+    return optuna.load_study(study_name=summary["study"], storage=autotl.storage.make_storage(None, out)).trials
 
 
 def test_rank_command_scores_every_backbone(split_folder, tmp_path, capsys):

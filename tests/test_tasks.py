@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import autotl
+import autotl.storage
 from autotl.cli import main
 from autotl.errors import DataError
 
@@ -164,7 +165,7 @@ def test_regression_search_minimises_and_predicts_numbers(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Leaderboard (mae on val;" in printed
     study = optuna.load_study(study_name=json.loads((out / "summary.json").read_text())["study"],
-                              storage=autotl.study.make_storage(None, out))
+                              storage=autotl.storage.make_storage(None, out))
     assert study.direction == optuna.study.StudyDirection.MINIMIZE
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     facts = json.loads((out / "report.json").read_text())

@@ -1,20 +1,16 @@
-"""Many workers on one study (PostgreSQL and the embedded journal), a worker killed with -9 and
-restarted, and a study read back from another folder through its storage and artifact folder."""
+"""Many workers on one study (PostgreSQL and the embedded journal), and a study read back from another
+folder through its storage and artifact folder (crashes, budgets and best/ under concurrency: test_scaleout)."""
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 
 import optuna
 import pytest
 
 import autotl
-import autotl.study
+import autotl.storage
 from autotl.cli import main
 
 PG = os.environ.get("AUTOTL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
@@ -59,11 +55,13 @@ def check_every_trial_once(study, at_least):
 
 @pytest.mark.slow
 def test_four_workers_share_one_postgresql_study(pg_database, split_folder, tmp_path):
-    result = autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=40,
+    result = autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=24,
                            workers=4, device="cpu", out=str(tmp_path / "run"), storage=pg_database, study="pg4",
                            report=False, default_trials=0)
     study = optuna.load_study(study_name="pg4", storage=pg_database)
-    pids = check_every_trial_once(study, 40)
+    pids = check_every_trial_once(study, 24)
+    assert len(study.trials) == 24  # --trials is this command's count, shared by its workers
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 24  # no repeated parameters
     assert len(pids) >= 2 and os.getpid() not in pids  # the trials ran in the worker processes
     assert sum(result.summary["trials"].values()) == len(study.trials)
     assert "***" not in result.summary["storage"] or ":" in result.summary["storage"]
@@ -74,52 +72,9 @@ def test_four_workers_share_one_postgresql_study(pg_database, split_folder, tmp_
 def test_four_workers_share_the_embedded_journal(split_folder, tmp_path):
     autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=40, workers=4,
                   device="cpu", out=str(tmp_path / "run"), study="j4", report=False, default_trials=0)
-    study = optuna.load_study(study_name="j4", storage=autotl.study.make_storage(None, tmp_path / "run"))
+    study = optuna.load_study(study_name="j4", storage=autotl.storage.make_storage(None, tmp_path / "run"))
     pids = check_every_trial_once(study, 40)
     assert len(pids) >= 2
-
-
-@pytest.mark.slow
-def test_a_killed_worker_is_reaped_and_its_trial_retried(split_folder, tmp_path):
-    out = tmp_path / "run"
-    space = space_file(tmp_path, epochs=40)
-    cmd = [sys.executable, "-m", "autotl", "search", str(split_folder), "--space", str(space), "--backbones",
-           "timm/test_vit", "--device", "cpu", "--out", str(out), "--study", "k9", "--quiet", "--no-report",
-           "--default-trials", "0"]
-    env = {**os.environ, "AUTOTL_HEARTBEAT_S": "0.5", "OMP_NUM_THREADS": "1"}
-    worker = subprocess.Popen(cmd + ["--trials", "50"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    storage = autotl.study.make_storage(None, out)
-    deadline = time.time() + 240
-    study = None
-    while time.time() < deadline:
-        time.sleep(0.3)
-        try:
-            study = optuna.load_study(study_name="k9", storage=storage)
-        except KeyError:
-            continue
-        states = [t.state for t in study.trials]
-        if states.count(optuna.trial.TrialState.COMPLETE) >= 2 and states[-1] == optuna.trial.TrialState.RUNNING:
-            break
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
-    before = {t.number: t.value for t in optuna.load_study(study_name="k9", storage=storage).trials
-              if t.state == optuna.trial.TrialState.COMPLETE}
-    running = [t.number for t in optuna.load_study(study_name="k9", storage=storage).trials
-               if t.state == optuna.trial.TrialState.RUNNING]
-    assert len(before) >= 2 and len(running) == 1
-    time.sleep(2.0)  # longer than the grace period (3 heartbeats)
-    proc = subprocess.run(cmd + ["--trials", "2"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    trials = optuna.load_study(study_name="k9", storage=storage).trials
-    stale = trials[running[0]]
-    assert stale.state == optuna.trial.TrialState.FAIL
-    assert stale.user_attrs["fail_reason"].startswith("stale: its worker stopped responding")
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == running[0]]
-    assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
-    assert retry[0].params == stale.params
-    assert {t.number: t.value for t in trials if t.number in before} == before  # nothing finished was lost
-    rows = autotl.predict(str(out), [str(split_folder / "test")], device="cpu")  # best/ intact and loadable
-    assert len(rows) == 18
 
 
 def test_report_and_predict_from_elsewhere_with_only_the_storage_and_artifacts(split_folder, tmp_path, monkeypatch,
@@ -157,8 +112,8 @@ def test_keep_top_holds_exactly_the_k_best_models(split_folder, tmp_path):
     out = tmp_path / "run"
     result = autotl.search(str(split_folder), space=str(space_file(tmp_path, epochs=1)), backbones="timm/test_vit",
                            trials=5, device="cpu", out=str(out), keep_top=2, report=False, default_trials=0, seed=2)
-    study = optuna.load_study(study_name=result.study, storage=autotl.study.make_storage(None, out))
-    kept = sorted(int(p.name.split("-")[1]) for p in (out / "top").iterdir())
+    study = optuna.load_study(study_name=result.study, storage=autotl.storage.make_storage(None, out))
+    kept = sorted(int(p.name.split("-")[1]) for p in (out / "top").iterdir() if not p.name.startswith("."))
     values = sorted(((t.value, -t.number) for t in study.trials), reverse=True)
     assert len(kept) == 2
     kept_values = sorted((study.trials[n].value for n in kept), reverse=True)
@@ -195,7 +150,7 @@ def test_a_trials_attributes_are_one_journal_append_that_reads_back_like_one_wri
                 trial.set_user_attr(key, value)
         assert trial.user_attrs == attrs  # what the running trial reads back
         study.tell(trial, 1.0)
-        reread = optuna.load_study(study_name="s", storage=autotl.study.make_storage(str(path), tmp_path))
+        reread = optuna.load_study(study_name="s", storage=autotl.storage.make_storage(str(path), tmp_path))
         stored[how] = reread.trials[0].user_attrs
     assert stored["batched"] == stored["one write each"] == attrs
     assert appends["one write each"][:len(attrs)] == [1] * len(attrs)
@@ -241,7 +196,7 @@ def test_workers_sample_distinct_parameters(split_folder, tmp_path):
     autotl.search(str(split_folder), space=str(space), backbones="timm/test_resnet", trials=8, workers=2,
                   device="cpu", out=str(tmp_path / "run"), study="distinct", report=False, default_trials=0,
                   rank=False, soup=0, warm_start="off")
-    study = optuna.load_study(study_name="distinct", storage=autotl.study.make_storage(None, tmp_path / "run"))
+    study = optuna.load_study(study_name="distinct", storage=autotl.storage.make_storage(None, tmp_path / "run"))
     drawn = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(drawn) >= 8 and len(set(drawn)) == len(drawn), drawn
 
@@ -261,7 +216,8 @@ def test_workers_that_open_the_study_together_draw_different_trials(tmp_path):
     """Two workers open a study at the same moment (the same trial count) with the same --seed: they must
     not sample the same parameters (the old sampler seed was --seed + trials so far, equal for both)."""
     from autotl.space import load_space_file
-    from autotl.study import make_storage, open_study
+    from autotl.storage import make_storage
+    from autotl.study import open_study
 
     space_path = tmp_path / "space.yaml"
     space_path.write_text("epochs: 1\nsampler: {name: random}\nparams:\n  head_lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")

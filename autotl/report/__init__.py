@@ -73,7 +73,7 @@ def open_report_study(run_dir: Optional[str] = None, storage: Optional[str] = No
     label with any password masked.
     """
     from ..runfolder import SUMMARY_NAME
-    from ..study import JOURNAL_NAME, make_storage
+    from ..storage import JOURNAL_NAME, make_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder: Optional[Path] = None

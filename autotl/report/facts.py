@@ -15,8 +15,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import optuna
 
 from .. import __version__
-from ..runfolder import BEST_DIR, TEST_ATTR, best_model_trial, model_key
-from ..study import mask_url, trial_record
+from ..bestmodel import best_model_trial
+from ..export import BEST_DIR
+from ..runfolder import TEST_ATTR, model_key
+from ..storage import mask_url
+from ..study import stale_reasons, trial_record
 from ..types import TrialRecord
 
 #: Columns of the leaderboard besides the params listed under "other".
@@ -237,7 +240,8 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
                 break
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     all_trials = study.get_trials(deepcopy=False)
-    records = [trial_record(study.study_name, t, maximize) for t in all_trials]
+    stale = stale_reasons(all_trials)
+    records = [trial_record(study.study_name, t, maximize, stale.get(t.number)) for t in all_trials]
     finished = [r for r in records if r.state in ("complete", "pruned", "fail")]
     rows = leaderboard_rows(finished, maximize)
     dataset = attrs.get("dataset") or {}
