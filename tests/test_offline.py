@@ -23,6 +23,7 @@ import autotl
 from autotl import AutotlWarning, errors, get_plugin_manager
 from autotl.cli import main
 from conftest import FIXTURE_PLUGINS, make_split_folder
+from test_errors import run as run_cli
 
 HUB_PLUGIN = str(FIXTURE_PLUGINS / "hub_sources.py")
 HUB_NAMES = ("timm/resnet18.a1_in1k", "timm/resnet50.a1_in1k", "timm/vit_small_patch16_224.augreg_in21k_ft_in1k")
@@ -60,12 +61,7 @@ def run(args, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         errors._install_warning_format()
-        try:
-            code = main(args)
-        except SystemExit as exc:
-            code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+        return run_cli(args, capsys)
 
 
 def hub_warning(err: str) -> str:

@@ -27,6 +27,12 @@ def search_cmd(data, space, out, study, *extra):
             "--default-trials", "0", "--no-rank", "--soup", "0", "--warm-start", "off", *extra]
 
 
+def search_kw(tmp_path, out, study, **extra):
+    """The API's options for a quick search of the tiny data on one tiny network."""
+    return dict(space=str(space_file(tmp_path)), backbones="timm/test_vit", device="cpu", out=str(out), study=study,
+                report=False, default_trials=0, rank=False, soup=0, warm_start="off", quiet=True, **extra)
+
+
 def quiet_env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
@@ -84,9 +90,7 @@ def test_max_trials_caps_the_whole_study_across_commands(split_folder, tmp_path)
 
 
 def test_trials_counts_this_commands_trials_on_a_resumed_study(split_folder, tmp_path):
-    space, out = space_file(tmp_path), tmp_path / "run"
-    kw = dict(space=str(space), backbones="timm/test_vit", device="cpu", out=str(out), study="again", report=False,
-              default_trials=0, rank=False, soup=0, warm_start="off", quiet=True)
+    kw = search_kw(tmp_path, tmp_path / "run", "again")
     autotl.search(str(split_folder), trials=2, **kw)
     result = autotl.search(str(split_folder), trials=2, **kw)
     assert sum(result.summary["trials"].values()) == 4
@@ -169,8 +173,7 @@ def test_ctrl_c_fails_only_this_process_s_own_trials(split_folder, tmp_path):
     import socket
 
     out = tmp_path / "run"
-    kw = dict(space=str(space_file(tmp_path)), backbones="timm/test_vit", device="cpu", out=str(out), study="mine",
-              report=False, default_trials=0, rank=False, soup=0, warm_start="off", quiet=True)
+    kw = search_kw(tmp_path, out, "mine")
     autotl.search(str(split_folder), trials=1, **kw)
     study = load("mine", autotl.storage.make_storage(None, out))
     # A trial of a process in another container: the same PID as this one, another PID namespace.
@@ -234,8 +237,7 @@ def test_best_is_read_whole_while_another_worker_replaces_it(tmp_path):
 
 def test_a_best_folder_of_a_trial_that_never_completed_is_replaced(split_folder, tmp_path):
     out = tmp_path / "run"
-    kw = dict(space=str(space_file(tmp_path)), backbones="timm/test_vit", device="cpu", out=str(out), study="torn",
-              report=False, default_trials=0, rank=False, soup=0, warm_start="off", quiet=True)
+    kw = search_kw(tmp_path, out, "torn")
     autotl.search(str(split_folder), trials=1, **kw)
     study = load("torn", autotl.storage.make_storage(None, out))
     # A crash between writing best/ and storing the trial: best/ holds a trial that never completed.
@@ -267,8 +269,7 @@ def test_resuming_on_other_data_another_split_or_seed_is_refused(split_folder, i
     assert "study 'fp' was searched on other data" in err and "start a new --study" in err and "Traceback" not in err
     assert main(args + ["--seed", "1"]) != 0
     assert "was started with --seed 0, not 1" in capsys.readouterr().err
-    kw = dict(space=str(space_file(tmp_path)), backbones="timm/test_vit", device="cpu", out=str(tmp_path / "run2"),
-              study="fp2", trials=1, report=False, default_trials=0, rank=False, quiet=True, soup=0, warm_start="off")
+    kw = search_kw(tmp_path, tmp_path / "run2", "fp2", trials=1)
     autotl.search(str(image_folder), **kw)  # no val/ folder: the validation split is drawn with the seed
     with pytest.raises(ConfigError, match="validated on another split"):
         autotl.search(str(image_folder), val_fraction=0.3, **kw)
@@ -279,18 +280,15 @@ def test_resuming_on_other_data_another_split_or_seed_is_refused(split_folder, i
 
 
 def test_the_api_shows_progress_unless_quiet(split_folder, tmp_path, capsys):
-    kw = dict(space=str(space_file(tmp_path)), backbones="timm/test_vit", device="cpu", trials=1, report=False,
-              default_trials=0, rank=False, soup=0, warm_start="off")
-    autotl.search(str(split_folder), out=str(tmp_path / "a"), **kw)
+    autotl.search(str(split_folder), trials=1, **{**search_kw(tmp_path, tmp_path / "a", "a"), "quiet": False})
     assert "trial   0 complete" in capsys.readouterr().out
-    autotl.search(str(split_folder), out=str(tmp_path / "b"), quiet=True, **kw)
+    autotl.search(str(split_folder), trials=1, **search_kw(tmp_path, tmp_path / "b", "b"))
     assert capsys.readouterr().out == ""
 
 
 @pytest.mark.slow
 def test_on_trial_is_called_for_every_trial_of_the_workers(split_folder, tmp_path):
     seen = []
-    result = autotl.search(str(split_folder), space=str(space_file(tmp_path)), backbones="timm/test_vit", trials=4,
-                           workers=2, device="cpu", out=str(tmp_path / "run"), report=False, default_trials=0,
-                           rank=False, soup=0, warm_start="off", quiet=True, on_trial=seen.append)
+    result = autotl.search(str(split_folder), trials=4, workers=2, on_trial=seen.append,
+                           **search_kw(tmp_path, tmp_path / "run", "w"))
     assert sorted(r.number for r in seen) == sorted(r.number for r in result.trials) and len(seen) == 4
