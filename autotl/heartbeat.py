@@ -21,16 +21,13 @@ import os
 import socket
 import threading
 import time
-import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import optuna
 
-from .storage import GRACE_BEATS, MAX_RETRIES, uses_optuna_heartbeats
+from .storage import (GRACE_BEATS, HEARTBEAT_ATTR, INTERVAL_ATTR, MAX_RETRIES, OWNER_ATTR, RetryStale,
+                      uses_optuna_heartbeats)
 
-HEARTBEAT_ATTR = "heartbeat"
-INTERVAL_ATTR = "heartbeat_s"
-OWNER_ATTR = "owner"
 STALE_REASON = "stale: its worker stopped responding"
 
 
@@ -126,13 +123,8 @@ class Heartbeat:
 
 
 def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed trial's params again, as Optuna does for its own stale trials (the retry names
-    the original in ``RetryHeartbeatStaleTrialCallback.retried_trial_number``)."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
+    """Queue a failed trial's params again, as Optuna does for an RDB storage's stale trials."""
+    RetryStale()(study, failed)
 
 
 def retries_left(trial: optuna.trial.FrozenTrial) -> bool:

@@ -27,6 +27,12 @@ DEFAULT_HEARTBEAT_S = 20.0
 GRACE_BEATS = 3
 #: Trials failed as stale are queued again at most this many times per original trial.
 MAX_RETRIES = 2
+#: A trial's user attributes that belong to the process that ran it (see autotl.heartbeat): a retry
+#: starts without them, so that nobody mistakes it for its dead predecessor before it records its own.
+OWNER_ATTR = "owner"
+HEARTBEAT_ATTR = "heartbeat"
+INTERVAL_ATTR = "heartbeat_s"
+RUN_ATTRS = ("pid", OWNER_ATTR, HEARTBEAT_ATTR, INTERVAL_ATTR, "fail_reason")
 #: ``AUTOTL_DB_POOL=null`` opens a connection per operation (for PgBouncer in transaction mode).
 POOL_ENV = "AUTOTL_DB_POOL"
 
@@ -88,20 +94,41 @@ def make_storage(url: Optional[str], out_dir: Path) -> Any:
         if "://" in url and not url.startswith(("redis", "grpc")):
             import warnings
 
-            from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+            from optuna.storages import RDBStorage
 
             beat = rdb_interval(heartbeat_interval())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=pool_settings(url), heartbeat_interval=beat,
                                   grace_period=GRACE_BEATS * beat,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                      max_retry=MAX_RETRIES))
+                                  heartbeat_stale_trial_callback=RetryStale())
         return optuna.storages.get_storage(url)
     except Exception as exc:
         detail = mask_url(" ".join(str(exc).split(" (Background on this error")[0].split()))[:300]
         raise UsageError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {detail}",
                          "check the URL (e.g. sqlite:///study.db or postgresql://host/db) and that the server runs") from exc
+
+
+class RetryStale:
+    """Queue a stale trial's params again: Optuna's ``RetryHeartbeatStaleTrialCallback`` (the retry
+    names the original in ``retried_trial_number``, at most ``max_retry`` times), given the trial
+    without the attributes of the process that ran it (``RUN_ATTRS``)."""
+
+    def __init__(self, max_retry: int = MAX_RETRIES) -> None:
+        import warnings
+
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+            self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        import copy
+
+        trial = copy.deepcopy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
+        self.retry(study, trial)
 
 
 def rdb_interval(seconds: float) -> int:

@@ -340,8 +340,6 @@ class TrialRunner:
         # Who runs it (a rerun on this machine requeues a dead owner's trial at once), and its heartbeat:
         # autotl's own on a journal file; Optuna's on an RDB storage (autotl.storage).
         attrs: Dict[str, Any] = {"pid": os.getpid(), OWNER_ATTR: process_owner(), INTERVAL_ATTR: self.heartbeat_s}
-        if trial.user_attrs.get("fail_reason"):
-            attrs["fail_reason"] = None  # a retry starts with the user attributes of the trial it repeats
         from .storage import uses_optuna_heartbeats
 
         beat = None if uses_optuna_heartbeats(trial.storage) else Heartbeat(trial.study, trial._trial_id,

@@ -141,8 +141,8 @@ def test_kill_9_then_an_immediate_rerun_leaves_no_trial_running(backend, split_f
     assert dead.user_attrs["fail_reason"].startswith("stale: its worker stopped responding (its process (pid")
     retry = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == dead.number]
     assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
-    assert retry[0].params == dead.params and "fail_reason" not in retry[0].user_attrs or \
-        retry[0].user_attrs["fail_reason"] is None
+    assert retry[0].params == dead.params and "fail_reason" not in retry[0].user_attrs
+    assert retry[0].user_attrs["owner"]["pid"] != dead.user_attrs["owner"]["pid"]
 
 
 @pytest.mark.slow
