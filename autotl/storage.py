@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import optuna
+from optuna.storages import RDBStorage
 
 from .errors import UsageError
 
@@ -94,19 +95,30 @@ def make_storage(url: Optional[str], out_dir: Path) -> Any:
         if "://" in url and not url.startswith(("redis", "grpc")):
             import warnings
 
-            from optuna.storages import RDBStorage
-
             beat = rdb_interval(heartbeat_interval())
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=pool_settings(url), heartbeat_interval=beat,
-                                  grace_period=GRACE_BEATS * beat,
-                                  heartbeat_stale_trial_callback=RetryStale())
+                return SteadyHeartbeatRDBStorage(url, engine_kwargs=pool_settings(url), heartbeat_interval=beat,
+                                                 grace_period=GRACE_BEATS * beat,
+                                                 heartbeat_stale_trial_callback=RetryStale())
         return optuna.storages.get_storage(url)
     except Exception as exc:
         detail = mask_url(" ".join(str(exc).split(" (Background on this error")[0].split()))[:300]
         raise UsageError(f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {detail}",
                          "check the URL (e.g. sqlite:///study.db or postgresql://host/db) and that the server runs") from exc
+
+
+class SteadyHeartbeatRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose heartbeat survives a storage error. Optuna's heartbeat thread ends at
+    the first exception ``record_heartbeat`` raises, so one lost connection would leave a live trial
+    silent, to be failed as stale one grace period later while its worker still trains it; here a
+    failed beat is skipped, and the next one reconnects (the pool checks connections before use)."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception:
+            pass
 
 
 class RetryStale:

@@ -2,8 +2,8 @@
 
 Each worker is a forked CPU process (no torch) that opens the same study through autotl's RDB
 storage (``autotl.storage.make_storage``: a pool of 1 + 2 overflow connections with pre-ping,
-Optuna heartbeats with a grace of 3 intervals, ``RetryHeartbeatStaleTrialCallback(max_retry=2)``;
-a mirror of it when ``autotl.storage`` cannot be imported) and runs trials shaped like autotl's, in
+Optuna heartbeats with a grace of 3 intervals, stale trials retried at most twice through Optuna's
+``RetryHeartbeatStaleTrialCallback``; a mirror of it when ``autotl.storage`` cannot be imported) and runs trials shaped like autotl's, in
 a loop, for a fixed window:
 
     fail_stale_trials (the reap Optuna runs before each trial)       -> "reap"
@@ -33,8 +33,8 @@ server; ``--url`` points it at an existing server instead, where it creates and 
 ``autotl_bench_<pid>`` (no server CPU and no limit check then).
 
 The time scale is compressed: a GPU epoch takes minutes and a heartbeat comes every 20 s; here an
-epoch is 5 s at W=100 and the heartbeat 1 s (Optuna's shortest), so the database sees a hundred
-workers' operations tens of times more often than in a real search. The workers, the server and
+epoch is 5 s at W=100 and the heartbeat 5 s, so the database sees a hundred workers' trials about
+20 times, and their heartbeats 4 times, more often than in a real search. The workers, the server and
 the script share the machine's cores, so on a small machine the latencies are upper bounds.
 
 Command (about 3 minutes on 2 cores):
@@ -95,13 +95,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--epoch-s-per-worker", type=float, default=0.05,
                    help="an epoch (a sleep standing in for training) lasts this times W seconds, so the study's "
                         "ideal trial rate is the same at every W (0.05: 5 s epochs at W=100)")
-    p.add_argument("--warmup-epochs", type=float, default=1.5,
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
                    help="unmeasured warm-up per run, in epochs; each worker starts its first trial at a random "
-                        "point of it (1.5)")
+                        "point of it (1)")
     p.add_argument("--window-epochs", type=float, default=1.5, help="measured window per run, in epochs (1.5)")
     p.add_argument("--seconds", type=float, default=4.0, help="... but at least this many seconds (4)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per trial, Hyperband's max resource (4)")
-    p.add_argument("--heartbeat", type=float, default=1.0, help="AUTOTL_HEARTBEAT_S in the workers (1 s)")
+    p.add_argument("--heartbeat", type=float, default=5.0,
+                   help="AUTOTL_HEARTBEAT_S in the workers (5 s: 20 beats/s at W=100, 4x a real 100 workers' 5)")
     p.add_argument("--sampler-sizes", default="100,1000,3000,10000",
                    help="study sizes of the sampling-cost table (default 100,1000,3000,10000; empty to skip)")
     p.add_argument("--seed", type=int, default=0)
@@ -338,8 +339,8 @@ def worker_main(cfg: Dict[str, Any], index: int, barrier: Any, start: Any, out: 
         errors[classify(exc)] += 1
     try:
         barrier.wait(timeout=300)
-    except Exception:
-        pass
+    except Exception as exc:
+        errors["start barrier: " + type(exc).__name__] += 1
     begin = start.value
     t0 = begin + cfg["warmup"]  # the measured window: [t0, deadline)
     deadline = t0 + cfg["seconds"]
@@ -646,6 +647,94 @@ def sampler_cost(sizes: List[int], seed: int, epochs: int) -> List[List[Any]]:
     return rows
 
 
+def running_cost(url: str, finished: int = 100, running: Tuple[int, ...] = (0, 32, 100)) -> List[List[Any]]:
+    """One process on the PostgreSQL study through autotl's storage: a study of ``finished`` finished
+    trials and R RUNNING ones (as R other workers would hold); the median of 10 trials' sampling
+    (ask + 6 suggests), report + should_prune, and this process's CPU per trial, with constant_liar
+    on and off."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    dists = {"head_lr": FloatDistribution(1e-4, 1e-2, log=True),
+             "backbone_lr_mult": FloatDistribution(0.1, 1.0, log=True),
+             "freeze_depth": FloatDistribution(0.0, 1.0, step=0.2),
+             "backbone": CategoricalDistribution(BACKBONES), "hflip": CategoricalDistribution([0.0, 0.5]),
+             "translate": CategoricalDistribution([0.0, 0.0625, 0.125])}
+    rng = random.Random(1)
+
+    def made(state: Any) -> Any:
+        params = {"head_lr": 10 ** rng.uniform(-4, -2), "backbone_lr_mult": 10 ** rng.uniform(-1, 0),
+                  "freeze_depth": 0.2 * rng.randrange(6), "backbone": rng.choice(BACKBONES),
+                  "hflip": rng.choice([0.0, 0.5]), "translate": rng.choice([0.0, 0.0625, 0.125])}
+        curve = {e: score(params, e, rng) for e in (1, 2)}
+        done = state != optuna.trial.TrialState.RUNNING
+        return optuna.trial.create_trial(params=params, distributions=dists, intermediate_values=curve, state=state,
+                                         value=curve[2] if done else None,
+                                         user_attrs={"worker": 0, "backbone_name": params["backbone"], "seed": 0})
+
+    storage = open_storage(url, "small", 20.0)
+    study = optuna.create_study(study_name="running-cost", storage=storage, direction="maximize")
+    study.add_trials([made(optuna.trial.TrialState.COMPLETE) for _ in range(finished)])
+    rows, have = [], 0
+    for r in running:
+        study.add_trials([made(optuna.trial.TrialState.RUNNING) for _ in range(r - have)])
+        have = r
+        row: List[Any] = [r]
+        for liar in (True, False):
+            worker = open_storage(url, "small", 20.0)
+            s = optuna.load_study(study_name="running-cost", storage=worker,
+                                  sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=10, constant_liar=liar),
+                                  pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=4,
+                                                                        reduction_factor=3))
+            s.tell(s.ask(), state=optuna.trial.TrialState.FAIL)  # the first read of the whole study, untimed
+            sample, prune, cpu = [], [], []
+            for _ in range(10):
+                c, t = time.process_time(), time.perf_counter()
+                trial = s.ask()
+                for name, dist in dists.items():
+                    trial._suggest(name, dist)
+                sample.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                trial.report(0.5, 1)
+                trial.should_prune()
+                prune.append(time.perf_counter() - t)
+                s.tell(trial, state=optuna.trial.TrialState.FAIL)  # FAIL: the finished count stays
+                cpu.append(time.process_time() - c)
+            row += [f"{1000 * statistics.median(sample):.0f}", f"{1000 * statistics.median(prune):.0f}",
+                    f"{1000 * statistics.median(cpu):.0f}"]
+            worker.engine.dispose()
+        rows.append(row)
+        print("running trials", row, flush=True)
+    storage.engine.dispose()
+    return rows
+
+
+def heartbeat_cost(url: str, server: Optional[PrivateServer], beats: int = 50) -> List[Any]:
+    """One process, one RUNNING trial, ``beats`` heartbeats in a row through autotl's storage (no
+    other thread, so no overflow connection): latency p50 / p95, and CPU per beat of this process
+    and of the server."""
+    import optuna
+
+    storage = open_storage(url, "small", 1.0)
+    study = optuna.create_study(study_name="heartbeat-cost", storage=storage)
+    trial = study.ask()
+    study._storage.record_heartbeat(trial._trial_id)  # the first beat inserts the row
+    spans = []
+    cpu0, server0 = time.process_time(), server.cpu_seconds() if server else None
+    for _ in range(beats):
+        t = time.perf_counter()
+        study._storage.record_heartbeat(trial._trial_id)
+        spans.append(time.perf_counter() - t)
+    client_ms = 1000 * (time.process_time() - cpu0) / beats
+    server_ms = 1000 * (server.cpu_seconds() - server0) / beats if server else None
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    storage.engine.dispose()
+    row = [beats, f"{1000 * pct(spans, 0.5):.1f} / {1000 * pct(spans, 0.95):.1f}", f"{client_ms:.1f}",
+           "—" if server_ms is None else f"{server_ms:.1f}"]
+    print("heartbeat cost", row, flush=True)
+    return row
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -700,6 +789,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                   if server and args.limit_check else [])
     runs: Dict[Tuple[str, int, int], List[Dict[str, Any]]] = {arm: [] for arm in arms + limit_arms}
     sampler_rows: List[List[Any]] = []
+    beat_row: List[Any] = []
+    running_rows: List[List[Any]] = []
     started = time.time()
 
     def run(arm: Tuple[str, int, int], rep: int) -> None:
@@ -723,6 +814,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         for rep in range(args.repeats):
             for arm in arms if rep % 2 == 0 else list(reversed(arms)):  # alternate, so drift cancels
                 run(arm, rep)
+        beat_row = heartbeat_cost(url, server)
+        running_rows = running_cost(url)
         if args.sampler_sizes:
             sampler_rows = sampler_cost(args.sampler_sizes, args.seed, args.epochs)
         if limit_arms:
@@ -753,6 +846,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if limit_rows:
         tables.append(_common.md_table(["pool", "W", "max_connections", "window s", "peak connections",
                                         "trials failed as stale", "errors"], limit_rows))
+    if running_rows:
+        tables.append(_common.md_table(
+            ["RUNNING trials (other workers')", "ask + 6 suggests ms, constant_liar", "report + should_prune ms",
+             "CPU ms/trial", "ask + 6 suggests ms, constant_liar off", "report + should_prune ms", "CPU ms/trial"],
+            running_rows))
+    tables.append(_common.md_table(["heartbeats in a row", "one beat ms p50 / p95", "worker CPU ms per beat",
+                                    "server CPU ms per beat"], [beat_row]))
     if sampler_rows:
         tables.append(_common.md_table(["finished trials", "TPE ask + 6 suggests, constant_liar, ms",
                                         "same, constant_liar off, ms"], sampler_rows))
@@ -762,7 +862,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             f"Each run: W forked worker processes (no torch) on one new study of the server above (max_connections "
             f"{main_limit}), after all have opened it; epochs of {args.epoch_s_per_worker:g} s x W of sleep (so every W "
             f"offers the study the same ideal trial rate); each worker starts its first trial at a random point of "
-            f"a warm-up of {args.warmup_epochs:g} epochs, then a window of {args.window_epochs:g} epochs (at least "
+            f"a warm-up of {args.warmup_epochs:g} epoch(s), then a window of {args.window_epochs:g} epoch(s) (at least "
             f"{args.seconds:g} s) is measured; trials of up to "
             f"{args.epochs} epochs (Hyperband, min 1, reduction factor 3), TPE seeded per worker, heartbeat "
             f"{args.heartbeat:g} s with a grace of 3 beats. {args.repeats} runs per arm, arms interleaved, mean ± sd "
@@ -780,8 +880,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             notes.append(f"Limit check: the same server restarted with max_connections {args.limit_check} (a stock "
                          f"PostgreSQL's), each of these pools once at W={max(args.workers)}, a window of one epoch; "
                          "errors counted over the whole run, the script's own connection holding one slot.")
+        notes.append("Cost per trial against running trials: " + " ".join(
+            running_cost.__doc__.replace("``finished``", "100").replace("``", "`").split()))
+        notes.append("Heartbeat cost: " + " ".join(
+            heartbeat_cost.__doc__.replace("``beats``", "50").replace("``", "`").split()))
         if sampler_rows:
-            notes.append("Sampling cost: " + " ".join(sampler_cost.__doc__.split("\n", 1)[1].split()))
+            notes.append("Sampling cost: " + " ".join(sampler_cost.__doc__.split()))
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         parts = [f"### {stamp}: {len(arms)} arms x {args.repeats} runs on one PostgreSQL study", "",
                  f"Machine: {machine_line(server_line)}", "", f"Command: `{_common.command_line()}`", ""]

@@ -169,6 +169,28 @@ def test_a_live_trial_is_not_reaped_by_a_worker_with_a_shorter_heartbeat_or_a_sk
         [t.user_attrs.get("fail_reason") for t in trials]
 
 
+def test_an_rdb_heartbeat_goes_on_after_a_storage_error(tmp_path, monkeypatch):
+    """Optuna's heartbeat thread ends at its first exception: a lost connection would leave a live
+    trial silent, failed as stale while its worker still trains it."""
+    from optuna.storages import RDBStorage
+
+    monkeypatch.setenv("AUTOTL_HEARTBEAT_S", "1")
+    storage = autotl.storage.make_storage(f"sqlite:///{tmp_path / 'beats.db'}", tmp_path)
+    beats = []
+    real = RDBStorage.record_heartbeat
+
+    def flaky(self, trial_id):
+        beats.append(time.time())
+        if len(beats) == 2:
+            raise RuntimeError("server closed the connection unexpectedly")
+        real(self, trial_id)
+
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", flaky)
+    study = optuna.create_study(storage=storage)
+    study.optimize(lambda trial: time.sleep(3.6) or 1.0, n_trials=1)
+    assert len(beats) >= 4  # beats 3 and 4 came after the failed one
+
+
 def test_ctrl_c_fails_only_this_process_s_own_trials(split_folder, tmp_path):
     import socket
 
