@@ -1,10 +1,11 @@
 """One search, end to end: prepare the study, run its trials here or in worker processes, write the run folder.
 
 A search is one Optuna study. Every worker, whether one of ``--workers N`` processes on this machine or
-an ``autotl search`` on another machine with the same ``--storage`` and ``--study``, runs trials
-until the study holds its budget; the storage is the only thing they share (plus the artifact folder,
-where ``best/`` is written under a lock). The process that started the search then scores the test
-split, writes ``summary.json``, ``trials.csv`` and the report.
+an ``autotl search`` on another machine with the same ``--storage`` and ``--study``, runs trials while
+its command's :class:`Budget` lasts (its ``--trials``, the study's ``--max-trials``, the ``--timeout``);
+the storage is the only thing they share (plus the artifact folder, where :mod:`autotl.bestmodel`
+writes ``best/`` under a lock). The process that started the search then scores the test split,
+writes ``summary.json``, ``trials.csv`` and the report.
 """
 from __future__ import annotations
 
