@@ -72,6 +72,12 @@ class FitResult:
     epoch_train_seconds: List[float] = field(default_factory=list)  # the training pass of each epoch
     train_samples: int = 0  # samples the training passes read, all epochs together
     data: Optional[Dict[str, Any]] = None  # how the search held the data, set by the caller (the trial's `data`)
+    paused: bool = False  # stopped at ``pause_at``: ``checkpoint`` resumes it
+    checkpoint: Any = None  # an autotl.pausing.FitCheckpoint when paused
+
+    #: What a checkpoint carries of the result, to be whole again when resumed.
+    HISTORY = ("curve", "best_value", "best_epoch", "train_loss", "val_details", "lp_epochs", "drop_path_slots",
+               "feature_cache", "val_loss", "epoch_train_seconds", "train_samples")
 
 
 def _autocast(device: torch.device):
@@ -250,7 +256,7 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
         device: torch.device, seed: int = 0, reporter: Any = None,
         on_epoch: Optional[Callable[[int, float, float], None]] = None, task: Optional[Task] = None,
         labels: Optional[List[str]] = None, feature_cache: Any = None, compile: bool = False,
-        selection: Optional[Selection] = None) -> FitResult:
+        selection: Optional[Selection] = None, pause_at: Optional[int] = None, resume: Any = None) -> FitResult:
     """Fine-tune ``model`` for up to ``epochs`` epochs; score it and keep weights by ``selection``.
 
     Args:
@@ -266,6 +272,10 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
         compile: run the network through ``torch.compile`` (the weights stay the module's own).
         selection: how the epochs become the trial's score and which weights it keeps (default:
             the best epoch, ties broken by validation loss). ``best_value`` is always the best epoch's.
+        pause_at: stop after this many epochs (counted from the first, whatever ``resume`` is) with
+            ``result.paused`` and a ``result.checkpoint`` that resumes the fit.
+        resume: an :class:`autotl.pausing.FitCheckpoint`: go on from where that fit paused. On the
+            CPU the rest trains bit for bit as the fit that never paused would have.
 
     Raises:
         TrialError: the loss became NaN or infinite.
@@ -273,9 +283,8 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
     task = task or Task()
     selection = selection or Selection("best")
     maximize = better(metric, 1.0, 0.0)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    _seed_epoch(seed, 0)
+    generator = torch.Generator()
     module = model.module
     result = FitResult()
     result.drop_path_slots = set_drop_path(module, params.drop_path) if params.drop_path > 0 else 0
@@ -306,16 +315,25 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
 
     y_train = train.y.to(device)
     start = time.perf_counter()
+    update, first = 0, 0
+    if resume is not None:
+        update, first = _restore(resume, module, optimizer, scaler, result, device)
+        scheduler.step_update(num_updates=update)
+        if result.lp_epochs and first >= result.lp_epochs:
+            set_trainable(model, _phase_groups(model, params, "ft"))
+            frozen_norms = frozen_norm_layers(module)
     phase = _Phase(model, params, train, val, device, autocast, feature_cache, task,
                    torch.compile(module) if compile else None)
-    phase.begin("lp" if result.lp_epochs else "ft", result)
-    update = 0
+    phase.begin("lp" if result.lp_epochs and first < result.lp_epochs else "ft", result)
     last_out = None
-    for epoch in range(epochs):
-        if result.lp_epochs and epoch == result.lp_epochs:  # LP-FT: the probe is done, fine-tune from here
+    y_val = None
+    for epoch in range(first, epochs):
+        if result.lp_epochs and epoch == result.lp_epochs and epoch > first:  # LP-FT: fine-tune from here
             set_trainable(model, _phase_groups(model, params, "ft"))
             frozen_norms = frozen_norm_layers(module)
             phase.begin("ft", result)
+        # Every random source from the seed and the epoch: a fit resumed here draws what it would have.
+        generator.manual_seed(_seed_epoch(seed, epoch))
         set_train_mode(module, frozen_norms)
         losses = []
         epoch_start = time.perf_counter()
@@ -379,12 +397,51 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
             if epoch + 1 < epochs and reporter.should_prune():  # a fully trained trial is complete, not pruned
                 result.pruned = True
                 break
+        if pause_at is not None and epoch + 1 == pause_at and epoch + 1 < epochs:
+            result.paused = True
+            result.checkpoint = _capture(result, epoch + 1, update, module, optimizer, scaler, selection)
+            break
     result.score, result.selected_epoch = selection.score(result.curve, result.best_epoch)
-    if not selection.keeps_best_epoch and result.curve:
+    if not selection.keeps_best_epoch and result.curve and last_out is not None:
         result.state_dict = _weights(module)
         result.val_details = task.details(y_val, last_out, labels or [str(i) for i in range(model.num_outputs)])
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _seed_epoch(seed: int, epoch: int) -> int:
+    """Seed torch, Python and NumPy for ``epoch`` of a fit with ``seed``; returns the seed used."""
+    value = (seed * 1_000_003 + epoch) % (2 ** 31)
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value)
+    return value
+
+
+def _capture(result: FitResult, epoch: int, update: int, module: nn.Module, optimizer: Any, scaler: Any,
+             selection: Selection) -> Any:
+    from .pausing import FitCheckpoint
+
+    return FitCheckpoint(epoch=epoch, update=update, weights=_weights(module), optimizer=optimizer.state_dict(),
+                         history={k: getattr(result, k) for k in FitResult.HISTORY},
+                         best_weights=result.state_dict if selection.keeps_best_epoch else None,
+                         scaler=scaler.state_dict() if scaler is not None else None)
+
+
+def _restore(checkpoint: Any, module: nn.Module, optimizer: Any, scaler: Any, result: FitResult,
+             device: torch.device) -> tuple:
+    """Load a paused fit's state into this one; returns (updates, epochs) done."""
+    import copy
+
+    module.load_state_dict(checkpoint.weights)
+    optimizer.load_state_dict(copy.deepcopy(checkpoint.optimizer))
+    if scaler is not None and checkpoint.scaler:
+        scaler.load_state_dict(checkpoint.scaler)
+    for key, value in checkpoint.history.items():
+        setattr(result, key, copy.deepcopy(value))
+    result.state_dict = checkpoint.best_weights
+    result.epochs_run = checkpoint.epoch
+    return checkpoint.update, checkpoint.epoch
 
 
 def _weights(module: nn.Module) -> Dict[str, torch.Tensor]:
