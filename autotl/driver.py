@@ -133,8 +133,10 @@ def previous_study(config: RunConfig) -> Optional[str]:
 def budget_trials(study: optuna.Study) -> int:
     """Trials that count against ``--max-trials``: started or finished ones, a trial requeued after its
     worker died counted once (the retry, not the failed attempt)."""
+    from .promotion import CONTINUES_ATTR
+
     started = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
-    return len(started) - sum("failed_trial" in t.system_attrs for t in started)
+    return len(started) - sum("failed_trial" in t.system_attrs or CONTINUES_ATTR in t.user_attrs for t in started)
 
 
 class Budget:
@@ -167,12 +169,24 @@ class Budget:
             self.counter.value += 1
             return True
 
+    def settle(self, claimed: bool, new: bool) -> None:
+        """After a trial: give back a claim spent on a continuation (Optuna handed this worker a queued
+        one), or charge a new trial run without a claim (another worker's promotion was popped first)."""
+        step = (1 if new else -1) if claimed != new else 0
+        if step and self.trials is not None:
+            if self.counter is None:
+                self.claimed += step
+            else:
+                with self.counter.get_lock():
+                    self.counter.value += step
+
 
 def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
              on_trial: Optional[Callable[[TrialRecord], None]] = None) -> None:
     """Run trials in this process while the budget lasts."""
     from .bestmodel import offer
     from .heartbeat import Reaper
+    from .promotion import CONTINUES_ATTR, promote, rungs_for, waiting_continuation
     from .study import TrialRunner, best_other_value, run_one_trial
 
     study, config = ctx.study, ctx.config
@@ -181,20 +195,36 @@ def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
         if state is not None:
             offer(ctx, number, value, params, model, state)
 
+    ran: List[int] = []
+
     def trial_done(record: TrialRecord) -> None:
+        ran.append(record.number)
         ctx.plugins.trial_finished(record)
         progress.trial_finished(record, best_other_value(study, -1))
         call_on_trial(on_trial, record)
 
     runner = TrialRunner(config=config, space=ctx.space, dataset=ctx.dataset, task=ctx.task, metric=ctx.metric,
                          plugins=ctx.plugins, device=ctx.device, tensors=ctx.tensors, on_best=on_best,
-                         progress=progress, features=ctx.features, heartbeat_s=ctx.heartbeat_s)
+                         progress=progress, features=ctx.features, heartbeat_s=ctx.heartbeat_s,
+                         artifacts=ctx.artifacts)
     reaper = Reaper(study, ctx.heartbeat_s)
+    rungs = rungs_for(ctx.space)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     while True:
         reaper.reap()
-        if not budget.claim(study):
+        if budget.deadline is not None and time.time() >= budget.deadline:
             break
+        # Promotion-based search: a promoted trial goes on before a new one starts, outside the budget of
+        # new trials (it is the same configuration, trained further).
+        continuing = rungs is not None and (promote(study, rungs, ctx.artifacts, maximize) is not None
+                                            or waiting_continuation(study))
+        if not continuing and not budget.claim(study):
+            break
+        ran.clear()
         run_one_trial(study, runner, trial_done, budget.deadline)
+        if rungs is not None and ran:
+            new = CONTINUES_ATTR not in study.get_trials(deepcopy=False)[ran[-1]].user_attrs
+            budget.settle(claimed=not continuing, new=new)
 
 
 def call_on_trial(on_trial: Optional[Callable[[TrialRecord], None]], record: TrialRecord) -> None:

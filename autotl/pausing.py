@@ -10,8 +10,8 @@ the rate. What remains is saved here: the weights, the optimizer's state, the up
 loss scaler's state, and the history of the epochs so far (curve, losses, the best epoch and its
 weights when the selection rule keeps them).
 
-A checkpoint is two files: ``state.safetensors`` (every tensor) and ``state.json`` (the rest). Nothing
-is pickled, so loading a checkpoint never runs code.
+A checkpoint is one safetensors file: every tensor, and the rest as JSON in the file's metadata.
+Nothing is pickled, so loading a checkpoint never runs code.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-TENSORS_NAME = "state.safetensors"
-META_NAME = "state.json"
+META_KEY = "autotl.fit_checkpoint"
 
 
 @dataclass
@@ -38,12 +37,12 @@ class FitCheckpoint:
     best_weights: Optional[Dict[str, torch.Tensor]] = None
     scaler: Optional[Dict[str, Any]] = None
 
-    def save(self, folder: Path) -> Path:
-        """Write the checkpoint into ``folder`` (created if needed); returns the folder."""
+    def save(self, path: Path) -> Path:
+        """Write the checkpoint to the file ``path`` (its folder created if needed); returns the path."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"w/{k}": v for k, v in self.weights.items()}
         if self.best_weights is not None:
             tensors.update({f"b/{k}": v for k, v in self.best_weights.items()})
@@ -55,21 +54,22 @@ class FitCheckpoint:
                     tensors[f"o/{pid}/{name}"] = value
                 else:
                     state[str(pid)][name] = value
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / TENSORS_NAME))
         meta = {"epoch": self.epoch, "update": self.update, "history": self.history, "scaler": self.scaler,
                 "optimizer": {"param_groups": self.optimizer["param_groups"], "state": state},
                 "has_best_weights": self.best_weights is not None}
-        (folder / META_NAME).write_text(json.dumps(meta))
-        return folder
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path),
+                  metadata={META_KEY: json.dumps(meta)})
+        return path
 
     @classmethod
-    def load(cls, folder: Path) -> "FitCheckpoint":
+    def load(cls, path: Path) -> "FitCheckpoint":
         """Read a checkpoint written by :meth:`save`."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        folder = Path(folder)
-        meta = json.loads((folder / META_NAME).read_text())
-        tensors = load_file(str(folder / TENSORS_NAME))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads(fh.metadata()[META_KEY])
+        tensors = load_file(str(path))
         weights = {k[2:]: v for k, v in tensors.items() if k.startswith("w/")}
         best = {k[2:]: v for k, v in tensors.items() if k.startswith("b/")} if meta["has_best_weights"] else None
         state: Dict[int, Dict[str, Any]] = {int(pid): dict(values) for pid, values in meta["optimizer"]["state"].items()}

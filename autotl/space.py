@@ -64,7 +64,8 @@ TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sam
             "params", "adapter_params"}
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
 SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar", "cover_backbones"}, "random": set()}
-PRUNERS = {"hyperband": {"reduction_factor"}, "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
+PRUNERS = {"hyperband": {"reduction_factor"}, "asha-promotion": {"reduction_factor"},
+           "median": {"n_startup_trials", "n_warmup_steps"}, "none": set()}
 #: How a trial's epochs become its score (see autotl.selection): the rule and its options.
 SELECTIONS = {"best": set(), "last": set(), "smoothed": {"window"}}
 

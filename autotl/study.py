@@ -49,7 +49,7 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     """Hyperband over epochs (default), median, or none."""
     cfg = dict(space.file.pruner)
     name = cfg.pop("name")
-    if name == "none":
+    if name in ("none", "asha-promotion"):  # asha-promotion pauses trials itself (autotl.promotion)
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(**cfg)
@@ -301,6 +301,7 @@ class TrialRunner:
     progress: Progress = field(default_factory=Progress)
     features: Any = None  # a FeatureCache shared by the search's trials, or None
     heartbeat_s: float = 20.0  # the study's heartbeat interval (autotl.storage.study_heartbeat)
+    artifacts: Optional[Path] = None  # the artifact folder (paused trials' checkpoints live there)
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
     # The trial that just returned its value: offered to best/ once Optuna has stored it as COMPLETE.
     finished: Optional[tuple] = None
@@ -314,19 +315,37 @@ class TrialRunner:
         val = self.tensors.get(self.dataset.val, model.data_config)
         epochs = self.space.epochs
         reporter = _Unprunable(trial) if trial.user_attrs.get("never_pruned") else trial
+        resume, pause_at = self._pausing(trial)
         try:
             result = fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
                          labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
                          reporter=reporter, feature_cache=self.features, compile=self.config.compile,
                          selection=Selection.from_section(self.space.file.selection),
                          on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(trial.number, epoch + 1,
-                                                                                           epochs, value))
+                                                                                           epochs, value),
+                         pause_at=pause_at, resume=resume)
         finally:
             for split in (train, val):
                 if hasattr(split, "close"):
                     split.close()  # stop loader workers now, not whenever the set is collected
         result.data = _json(data_facts(self.tensors, model.data_config, self.dataset, train, val, result))
         return result
+
+    def _pausing(self, trial: optuna.Trial) -> tuple:
+        """Promotion-based search: the checkpoint a continuation resumes (its inherited epochs reported
+        to Optuna first), and the rung this trial pauses at (none for the default recipe's trials)."""
+        from .promotion import RESUME_ATTR, load_checkpoint, rungs_for
+
+        rungs = rungs_for(self.space)
+        if rungs is None or self.artifacts is None:
+            return None, None
+        resume = None
+        if trial.user_attrs.get(RESUME_ATTR):
+            resume = load_checkpoint(trial.user_attrs[RESUME_ATTR], self.artifacts)
+            for epoch, value in enumerate(resume.history["curve"][:resume.epoch]):
+                trial.report(value, epoch + 1)
+        done = resume.epoch if resume is not None else 0
+        return resume, None if trial.user_attrs.get("never_pruned") else rungs.next_pause(done)
 
     def __call__(self, trial: optuna.Trial) -> float:
         import torch
@@ -394,6 +413,12 @@ class TrialRunner:
                          selected_epoch=result.selected_epoch + 1)
             if result.pruned:
                 raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
+            if result.paused:
+                from .promotion import CHECKPOINT_ATTR, PAUSED_ATTR, save_checkpoint
+
+                attrs.update({PAUSED_ATTR: result.epochs_run,
+                              CHECKPOINT_ATTR: save_checkpoint(trial, result.checkpoint, self.artifacts)})
+                raise optuna.TrialPruned(f"paused after epoch {result.epochs_run}")
             value = float(result.score)
             if not math.isfinite(value):
                 raise AutotlError(f"the validation {self.metric} is {value}", "check the validation data")
@@ -519,8 +544,12 @@ def steady_heap():
 
 
 def records(study: optuna.Study) -> List[TrialRecord]:
+    """A record per finished trial; a paused trial whose lineage went on is left out (its continuation
+    holds the whole curve)."""
+    from .promotion import visible
+
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    trials = study.get_trials(deepcopy=False)
+    trials = visible(study.get_trials(deepcopy=False))
     stale = stale_reasons(trials)
     return [trial_record(study.study_name, t, maximize, stale.get(t.number)) for t in trials
             if t.state != optuna.trial.TrialState.RUNNING and t.state != optuna.trial.TrialState.WAITING]

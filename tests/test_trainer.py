@@ -142,7 +142,7 @@ def _fit_paused(plugins, dataset, params, epochs, pause_at, tmp_path, cache, sel
     model = build(plugins, "timm/test_vit")
     first = fit(model, *data(model), params, pause_at=pause_at, **kw)
     assert first.paused and first.epochs_run == pause_at and len(first.curve) == pause_at
-    checkpoint = FitCheckpoint.load(first.checkpoint.save(tmp_path / "ckpt"))
+    checkpoint = FitCheckpoint.load(first.checkpoint.save(tmp_path / "ckpt.safetensors"))
     torch.manual_seed(123)  # another initialisation: everything must come from the checkpoint
     model = build(plugins, "timm/test_vit")
     resumed = fit(model, *data(model), params, resume=checkpoint, **kw)

@@ -19,6 +19,7 @@ from ..bestmodel import best_model_trial
 from ..export import BEST_DIR
 from ..runfolder import TEST_ATTR, model_key
 from ..storage import mask_url
+from ..promotion import visible
 from ..study import stale_reasons, trial_record
 from ..types import TrialRecord
 
@@ -239,7 +240,7 @@ def collect_facts(study: optuna.Study, *, run_dir: Optional[Path] = None, storag
                 run_dir = Path(attrs[key])
                 break
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    all_trials = study.get_trials(deepcopy=False)
+    all_trials = visible(study.get_trials(deepcopy=False))  # a paused-and-resumed lineage is one trial
     stale = stale_reasons(all_trials)
     records = [trial_record(study.study_name, t, maximize, stale.get(t.number)) for t in all_trials]
     finished = [r for r in records if r.state in ("complete", "pruned", "fail")]

@@ -1,0 +1,69 @@
+"""Promotion-based multi-fidelity search: trials pause at rungs, the promoted ones go on from their
+checkpoint, and the rest of autotl sees one trial per configuration."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+import autotl
+import autotl.storage
+from autotl.promotion import CONTINUES_ATTR, PAUSED_ATTR, RESUME_ATTR, Rungs
+from test_workers import pg_database  # noqa: F401  (a fixture)
+
+SPACE = """epochs: 9
+min_epochs: 1
+pruner: {name: asha-promotion, reduction_factor: 3}
+params:
+  freeze_depth: 1.0
+  batch_size: 16
+  head_lr: {low: 1.0e-4, high: 3.0e-2, log: true}
+"""
+
+
+def test_rungs_are_min_epochs_times_powers_of_eta():
+    rungs = Rungs(1, 9, 3)
+    assert rungs.levels() == [1, 3] and rungs.next_pause(0) == 1 and rungs.next_pause(1) == 3
+    assert rungs.next_pause(3) is None and Rungs(2, 30, 2).levels() == [2, 4, 8, 16]
+
+
+def promotion_search(split_folder, tmp_path, **extra):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    kw = dict(space=str(space), backbones="timm/test_vit", device="cpu", out=str(tmp_path / "run"), study="asha",
+              report=True, default_trials=0, rank=False, soup=0, warm_start="off", quiet=True, seed=1)
+    kw.update(extra)
+    return autotl.search(str(split_folder), **kw)
+
+
+def test_paused_trials_go_on_from_their_checkpoint_and_count_once(split_folder, tmp_path):
+    result = promotion_search(split_folder, tmp_path, trials=9)
+    study = optuna.load_study(study_name="asha", storage=autotl.storage.make_storage(None, tmp_path / "run"))
+    trials = {t.number: t for t in study.trials}
+    continuations = [t for t in trials.values() if CONTINUES_ATTR in t.user_attrs]
+    assert continuations, "the best third of the first rung must be promoted"
+    assert len({t.user_attrs[CONTINUES_ATTR] for t in continuations}) == len(continuations)  # each once
+    trained = 0
+    for t in trials.values():
+        parent = trials.get(t.user_attrs.get(CONTINUES_ATTR))
+        inherited = parent.user_attrs[PAUSED_ATTR] if parent is not None else 0
+        if parent is not None:  # the continuation's curve starts with its parent's epochs, unchanged
+            assert t.user_attrs[RESUME_ATTR] == parent.user_attrs["checkpoint"]
+            assert {s: v for s, v in t.intermediate_values.items() if s <= inherited} == parent.intermediate_values
+        trained += len(t.intermediate_values) - inherited
+    assert result.summary["epochs_total"] == trained  # every epoch trained counted once
+    # One record per configuration: the 9 sampled trials, whatever their number of fragments.
+    assert len(result.trials) == 9 and sum(result.summary["trials"].values()) == 9
+    assert any(r.state == "complete" and r.epochs_run == 9 for r in result.trials)  # a lineage reached the end
+    assert result.summary["best"]["model_dir"] is not None
+    assert (tmp_path / "run" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_four_workers_on_postgresql_continue_each_paused_trial_once(pg_database, split_folder, tmp_path):  # noqa: F811
+    result = promotion_search(split_folder, tmp_path, trials=18, workers=4, storage=pg_database, report=False)
+    study = optuna.load_study(study_name="asha", storage=pg_database)
+    continued = [t.user_attrs[CONTINUES_ATTR] for t in study.trials if CONTINUES_ATTR in t.user_attrs]
+    assert continued and len(continued) == len(set(continued))  # no paused trial continued twice
+    assert len({t.user_attrs["pid"] for t in study.trials if CONTINUES_ATTR in t.user_attrs}) >= 1
+    assert all(t.state.is_finished() for t in study.trials)
+    assert len(result.trials) == 18
