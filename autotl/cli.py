@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warm-start", default="auto", metavar="auto|off|STUDY",
                    help="start from the best setups of the most similar earlier search (default auto), "
                         "of the named one, or not at all")
+    s.add_argument("--checkpoint-mb", type=float, default=2048, metavar="MB",
+                   help="asha-promotion spaces: disk bound of the paused trials' checkpoints (default 2048); beyond "
+                        "it the least promising paused trials are dropped for good")
     s.add_argument("--keep-top", type=_positive_int, default=1, metavar="K",
                    help="models kept in the artifact folder: best/, and with K > 1 also top/trial-N/ for the K best")
     s.add_argument("--soup", type=_non_negative_int, default=5, metavar="K",
@@ -169,7 +172,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     feature_cache=args.feature_cache, feature_cache_mb=args.feature_cache_mb, compile=args.compile,
                     data_path=args.data_path, resident_mb=args.resident_mb, data_cache=args.data_cache,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
-                    artifacts=args.artifacts, keep_top=args.keep_top, soup=args.soup, rank=args.rank, preselect=args.preselect,
+                    artifacts=args.artifacts, checkpoint_mb=args.checkpoint_mb, keep_top=args.keep_top, soup=args.soup,
+                    rank=args.rank, preselect=args.preselect,
                     warm_start=args.warm_start,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
                     **_plugin_kwargs(args))

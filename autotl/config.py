@@ -61,6 +61,7 @@ class RunConfig:
     workers: int = 1  # worker processes on this machine
     devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
     artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
+    checkpoint_mb: float = 2048  # disk bound of paused trials' checkpoints (promotion-based search)
     keep_top: int = 1  # models kept in the artifact folder: best/, plus top/trial-N/ for the next best ones
     soup: int = 5  # greedy soup over the best this many trials of the winning backbone and adapter; 0: off
     rank: bool = True  # rank the backbones by transferability first (multiclass), as a prior
@@ -81,6 +82,8 @@ class RunConfig:
                "resident_mb", "an int >= 0 (megabytes; 0 streams every split)", self.resident_mb)
         _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
                and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
+        _check(isinstance(self.checkpoint_mb, (int, float)) and not isinstance(self.checkpoint_mb, bool)
+               and self.checkpoint_mb >= 0, "checkpoint_mb", "a number >= 0 (megabytes)", self.checkpoint_mb)
         _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,
                "keep_top", "an int >= 1", self.keep_top)
         _check(isinstance(self.soup, int) and not isinstance(self.soup, bool) and self.soup >= 0, "soup",

@@ -216,10 +216,15 @@ def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
             break
         # Promotion-based search: a promoted trial goes on before a new one starts, outside the budget of
         # new trials (it is the same configuration, trained further).
-        continuing = rungs is not None and (promote(study, rungs, ctx.artifacts, maximize) is not None
-                                            or waiting_continuation(study))
+        continuing = rungs is not None and (
+            promote(study, rungs, ctx.artifacts, maximize, config.checkpoint_mb) is not None
+            or waiting_continuation(study))
         if not continuing and not budget.claim(study):
-            break
+            if rungs is None or any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(
+                    deepcopy=False)) or promote(study, rungs, ctx.artifacts, maximize, config.checkpoint_mb,
+                                                finish=True) is None:
+                break
+            continuing = True
         ran.clear()
         run_one_trial(study, runner, trial_done, budget.deadline)
         if rungs is not None and ran:

@@ -107,14 +107,59 @@ def load_checkpoint(artifact_id: str, artifacts: Path) -> Any:
             os.unlink(tmp)
 
 
+def checkpoint_path(artifact_id: str, artifacts: Path) -> Path:
+    """Where the file system store keeps an artifact (its id is the file name)."""
+    return Path(artifacts) / CHECKPOINT_DIR / artifact_id
+
+
+def _held(trial: optuna.trial.FrozenTrial, artifacts: Path) -> bool:
+    ident = trial.user_attrs.get(CHECKPOINT_ATTR)
+    return bool(ident) and checkpoint_path(ident, artifacts).is_file()
+
+
+def trim_checkpoints(study: optuna.Study, artifacts: Path, limit_mb: Optional[float], maximize: bool) -> List[int]:
+    """Drop the checkpoints no trial will resume (a continuation of theirs finished), then, while the
+    folder holds more than ``limit_mb``, those of the paused trials least likely to be promoted (the
+    lowest rung first, the worst value at it first); such a trial stays paused for good. Returns the
+    trials whose checkpoint went. The caller holds the promotion lock."""
+    trials = study.get_trials(deepcopy=False)
+    continued = {t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs}
+    settled = {t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs
+               and t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    held = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and _held(t, artifacts)]
+    drop = [t for t in held if t.number in settled]
+    if limit_mb is not None:
+        def size_of(t: optuna.trial.FrozenTrial) -> int:
+            return checkpoint_path(t.user_attrs[CHECKPOINT_ATTR], artifacts).stat().st_size
+
+        size = sum(size_of(t) for t in held) - sum(size_of(t) for t in drop)
+        sign = 1.0 if maximize else -1.0
+        worst_first = sorted((t for t in held if t.number not in continued),
+                             key=lambda t: (t.user_attrs[PAUSED_ATTR],
+                                            sign * t.intermediate_values.get(t.user_attrs[PAUSED_ATTR], 0.0)))
+        for t in worst_first:
+            if size <= limit_mb * 2 ** 20:
+                break
+            size -= size_of(t)
+            drop.append(t)
+    for t in drop:
+        checkpoint_path(t.user_attrs[CHECKPOINT_ATTR], artifacts).unlink(missing_ok=True)
+    return [t.number for t in drop]
+
+
 def lineage(trial: optuna.trial.FrozenTrial) -> int:
     return int(trial.user_attrs.get(LINEAGE_ATTR, trial.number))
 
 
-def promote(study: optuna.Study, rungs: Rungs, artifacts: Path, maximize: bool) -> Optional[int]:
-    """Queue the continuation of the best promotable paused trial, highest rung first; returns the
-    number of the trial it continues, or None when no paused trial is promotable now."""
+def promote(study: optuna.Study, rungs: Rungs, artifacts: Path, maximize: bool,
+            limit_mb: Optional[float] = None, finish: bool = False) -> Optional[int]:
+    """Keep the checkpoints within ``limit_mb`` (:func:`trim_checkpoints`), then queue the continuation
+    of the best promotable paused trial, highest rung first; returns the number of the trial it
+    continues, or None when no paused trial is promotable now. ``finish``: the search has no budget
+    left and no configuration trained to the end, so the best paused trial of the highest rung goes on
+    whatever its rung's size (a search always ends with a fully trained model)."""
     with file_lock(Path(artifacts) / LOCK_NAME):
+        trim_checkpoints(study, artifacts, limit_mb, maximize)
         trials = study.get_trials(deepcopy=False)
         continued = {t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs}
         for level in reversed(rungs.levels()):
@@ -123,10 +168,10 @@ def promote(study: optuna.Study, rungs: Rungs, artifacts: Path, maximize: bool) 
                 if level in t.intermediate_values and t.state != optuna.trial.TrialState.WAITING:
                     at_level.setdefault(lineage(t), t.intermediate_values[level])
             ranked = sorted(at_level, key=lambda n: at_level[n], reverse=maximize)
-            top = set(ranked[:len(ranked) // rungs.eta])
+            top = set(ranked if finish else ranked[:len(ranked) // rungs.eta])
             waiting = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED
                        and t.user_attrs.get(PAUSED_ATTR) == level and t.number not in continued
-                       and lineage(t) in top and t.user_attrs.get(CHECKPOINT_ATTR)]
+                       and lineage(t) in top and _held(t, artifacts)]
             if waiting:
                 parent = min(waiting, key=lambda t: ranked.index(lineage(t)))
                 attrs = {CONTINUES_ATTR: parent.number, LINEAGE_ATTR: lineage(parent),

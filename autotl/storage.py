@@ -10,7 +10,9 @@ file has no heartbeats of Optuna's; autotl's own (:mod:`autotl.liveness`) cover 
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -96,11 +98,17 @@ def make_storage(url: Optional[str], out_dir: Path) -> Any:
             import warnings
 
             beat = rdb_interval(heartbeat_interval())
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
-                return SteadyHeartbeatRDBStorage(url, engine_kwargs=pool_settings(url), heartbeat_interval=beat,
-                                                 grace_period=GRACE_BEATS * beat,
-                                                 heartbeat_stale_trial_callback=RetryStale())
+            for attempt in range(6):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+                        return SteadyHeartbeatRDBStorage(url, engine_kwargs=pool_settings(url),
+                                                         heartbeat_interval=beat, grace_period=GRACE_BEATS * beat,
+                                                         heartbeat_stale_trial_callback=RetryStale())
+                except Exception as exc:  # array tasks creating one database's schema at once: one wins
+                    if attempt == 5 or not _creation_race(exc):
+                        raise
+                    time.sleep(0.2 + random.random())
         return optuna.storages.get_storage(url)
     except Exception as exc:
         detail = mask_url(" ".join(str(exc).split(" (Background on this error")[0].split()))[:300]
@@ -141,6 +149,12 @@ class RetryStale:
         trial = copy.deepcopy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in RUN_ATTRS}
         self.retry(study, trial)
+
+
+def _creation_race(exc: BaseException) -> bool:
+    """Whether ``exc`` is another process creating the same schema at the same moment."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "integrity" in text or "duplicate" in text or "already exists" in text
 
 
 def rdb_interval(seconds: float) -> int:

@@ -27,6 +27,7 @@ def test_rungs_are_min_epochs_times_powers_of_eta():
 
 
 def promotion_search(split_folder, tmp_path, **extra):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     kw = dict(space=str(space), backbones="timm/test_vit", device="cpu", out=str(tmp_path / "run"), study="asha",
@@ -67,3 +68,54 @@ def test_four_workers_on_postgresql_continue_each_paused_trial_once(pg_database,
     assert len({t.user_attrs["pid"] for t in study.trials if CONTINUES_ATTR in t.user_attrs}) >= 1
     assert all(t.state.is_finished() for t in study.trials)
     assert len(result.trials) == 18
+
+
+def test_the_checkpoint_disk_bound_holds(split_folder, tmp_path):
+    free = promotion_search(split_folder, tmp_path / "free", trials=9)
+    folder = tmp_path / "free" / "run" / "checkpoints"
+    sizes = [f.stat().st_size for f in folder.iterdir() if f.is_file()]
+    assert free and sizes
+    one = max(sizes)
+    bounded = promotion_search(split_folder, tmp_path / "bounded", trials=9, checkpoint_mb=2.5 * one / 2 ** 20)
+    kept = [f.stat().st_size for f in (tmp_path / "bounded" / "run" / "checkpoints").iterdir() if f.is_file()]
+    # The bound is enforced before each trial: at most one checkpoint written after the last check.
+    assert sum(kept) <= 2.5 * one + one
+    assert sum(bounded.summary["trials"].values()) == 9
+    with pytest.raises(autotl.ConfigError, match="checkpoint_mb"):
+        promotion_search(split_folder, tmp_path / "bad", trials=1, checkpoint_mb=-1)
+
+
+@pytest.mark.slow
+def test_a_kill_9_during_a_resumed_trial_requeues_it_from_its_checkpoint(split_folder, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_scaleout import load, running, search_cmd, wait_for
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("epochs: 9\nmin_epochs: 1", "epochs: 2700\nmin_epochs: 300"))
+    out = tmp_path / "run"
+    storage = autotl.storage.make_storage(None, out)
+    cmd = search_cmd(split_folder, space, out, "k9")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    worker = subprocess.Popen(cmd + ["--trials", "50"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for("k9", storage, lambda ts: any(t.state == optuna.trial.TrialState.RUNNING and CONTINUES_ATTR in t.user_attrs
+                                           and "owner" in t.user_attrs for t in ts))
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    [killed] = running(load("k9", storage).trials)
+    assert CONTINUES_ATTR in killed.user_attrs
+    rerun = subprocess.run(cmd + ["--trials", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    trials = load("k9", storage).trials
+    assert not running(trials)
+    parent = trials[killed.user_attrs[CONTINUES_ATTR]]
+    [retry] = [t for t in trials if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)
+               == killed.number]
+    # The retry resumes from the parent's checkpoint: the same epochs inherited, then it trained on.
+    assert retry.user_attrs[RESUME_ATTR] == killed.user_attrs[RESUME_ATTR] == parent.user_attrs["checkpoint"]
+    assert {s: v for s, v in retry.intermediate_values.items() if s <= 300} == parent.intermediate_values
+    assert max(retry.intermediate_values) > 300 and retry.state in (optuna.trial.TrialState.COMPLETE,
+                                                                    optuna.trial.TrialState.PRUNED)

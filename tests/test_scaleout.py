@@ -77,6 +77,20 @@ def test_two_commands_with_trials_8_on_one_study_finish_16(pg_database, split_fo
 
 
 @pytest.mark.slow
+def test_array_tasks_creating_one_databases_schema_at_once_all_start(pg_database, tmp_path):  # noqa: F811
+    """The first tasks of a Slurm array open a fresh PostgreSQL database together: its schema creation races."""
+    code = ("import sys, time\nfrom pathlib import Path\nimport autotl.storage\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "autotl.storage.make_storage(sys.argv[1], Path(sys.argv[3]))\n")
+    start = str(time.time() + 4.0)
+    procs = [subprocess.Popen([sys.executable, "-c", code, pg_database, start, str(tmp_path)], env=quiet_env(),
+                              stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-1500:]
+
+
+@pytest.mark.slow
 def test_max_trials_caps_the_whole_study_across_commands(split_folder, tmp_path):
     space, out = space_file(tmp_path), tmp_path / "run"
     procs = [subprocess.Popen(search_cmd(split_folder, space, out, "capped", "--trials", "8", "--max-trials", "6"),
