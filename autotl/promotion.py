@@ -189,6 +189,18 @@ def waiting_continuation(study: optuna.Study) -> bool:
                                                                          states=(optuna.trial.TrialState.WAITING,)))
 
 
+def lineages(trials: List[optuna.trial.FrozenTrial]) -> Dict[int, List[int]]:
+    """For each continuation, the trials it descends from and itself, first to last."""
+    parent = {t.number: t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs}
+    out = {}
+    for number in parent:
+        chain = [number]
+        while chain[-1] in parent:
+            chain.append(parent[chain[-1]])
+        out[number] = chain[::-1]
+    return out
+
+
 def visible(trials: List[optuna.trial.FrozenTrial]) -> List[optuna.trial.FrozenTrial]:
     """The trials reports show: every trial except a paused one whose lineage went on (its last trial
     holds the whole curve)."""

@@ -105,7 +105,7 @@ def write_trials_csv(path: Path, records: List[TrialRecord]) -> None:
     for r in records:
         keys += [k for k in r.params if k not in keys]
     header = ["number", "state", "value", "backbone", "adapter", *[k for k in keys if k not in ("backbone", "adapter")],
-              "epochs_run", "seconds", "fail_reason"]
+              "epochs_run", "seconds", "fail_reason", "lineage"]
     with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
@@ -113,7 +113,8 @@ def write_trials_csv(path: Path, records: List[TrialRecord]) -> None:
             writer.writerow({"number": r.number, "state": r.state, "value": r.value, "backbone": r.backbone,
                              "adapter": r.adapter, **{k: v for k, v in r.params.items() if k in header},
                              "epochs_run": r.epochs_run, "seconds": round(r.seconds, 3),
-                             "fail_reason": r.fail_reason or ""})
+                             "fail_reason": r.fail_reason or "",
+                             "lineage": ">".join(map(str, r.lineage))})
 
 
 def write_run_folder(out_dir: Path, summary: Dict[str, Any], records: List[TrialRecord]) -> None:

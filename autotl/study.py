@@ -546,10 +546,12 @@ def steady_heap():
 def records(study: optuna.Study) -> List[TrialRecord]:
     """A record per finished trial; a paused trial whose lineage went on is left out (its continuation
     holds the whole curve)."""
-    from .promotion import visible
+    from .promotion import lineages, visible
 
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    trials = visible(study.get_trials(deepcopy=False))
+    everything = study.get_trials(deepcopy=False)
+    trials, chains = visible(everything), lineages(everything)
     stale = stale_reasons(trials)
-    return [trial_record(study.study_name, t, maximize, stale.get(t.number)) for t in trials
+    return [dataclasses.replace(trial_record(study.study_name, t, maximize, stale.get(t.number)),
+                                lineage=tuple(chains.get(t.number, ()))) for t in trials
             if t.state != optuna.trial.TrialState.RUNNING and t.state != optuna.trial.TrialState.WAITING]

@@ -130,7 +130,8 @@ class TrialRecord:
     """What one finished trial did; passed to ``autotl_trial_finished``.
 
     ``state`` is ``complete``, ``pruned`` or ``fail``; ``curve`` is the validation metric per
-    epoch; ``value`` is the best validation metric (None when failed).
+    epoch; ``value`` is the best validation metric (None when failed). ``lineage`` is, for a trial
+    that resumed paused ones (promotion-based search), their numbers, first to last, then its own.
     """
 
     study: str
@@ -144,6 +145,7 @@ class TrialRecord:
     epochs_run: int
     seconds: float
     fail_reason: Optional[str] = None
+    lineage: Sequence[int] = ()
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,13 @@ def test_paused_trials_go_on_from_their_checkpoint_and_count_once(split_folder, 
     assert any(r.state == "complete" and r.epochs_run == 9 for r in result.trials)  # a lineage reached the end
     assert result.summary["best"]["model_dir"] is not None
     assert (tmp_path / "run" / "report.html").is_file()
+    import csv
+
+    rows = {int(r["number"]): r for r in csv.DictReader(open(tmp_path / "run" / "trials.csv"))}
+    last = max(continuations, key=lambda t: t.number)
+    chain = rows[last.number]["lineage"].split(">")
+    assert chain[-1] == str(last.number) and chain[-2] == str(last.user_attrs[CONTINUES_ATTR])
+    assert all(int(n) not in rows for n in chain[:-1])  # the paused fragments are not rows of their own
 
 
 @pytest.mark.slow
