@@ -43,6 +43,8 @@ def test_paused_trials_go_on_from_their_checkpoint_and_count_once(split_folder, 
     continuations = [t for t in trials.values() if CONTINUES_ATTR in t.user_attrs]
     assert continuations, "the best third of the first rung must be promoted"
     assert len({t.user_attrs[CONTINUES_ATTR] for t in continuations}) == len(continuations)  # each once
+    # A resumed linear probe still trains on the search's cached features.
+    assert all(t.user_attrs["feature_cache"][-1] == "probe" for t in continuations)
     trained = 0
     for t in trials.values():
         parent = trials.get(t.user_attrs.get(CONTINUES_ATTR))
@@ -75,6 +77,16 @@ def test_four_workers_on_postgresql_continue_each_paused_trial_once(pg_database,
     assert len({t.user_attrs["pid"] for t in study.trials if CONTINUES_ATTR in t.user_attrs}) >= 1
     assert all(t.state.is_finished() for t in study.trials)
     assert len(result.trials) == 18
+
+
+def test_a_timeout_stops_continuations_too(split_folder, tmp_path):
+    import time
+
+    started = time.time()
+    result = promotion_search(split_folder, tmp_path, timeout=2.0, report=False)
+    study = optuna.load_study(study_name="asha", storage=autotl.storage.make_storage(None, tmp_path / "run"))
+    assert all(t.state.is_finished() for t in study.trials) and sum(result.summary["trials"].values()) >= 1
+    assert max(t.datetime_start.timestamp() for t in study.trials) < started + 2.0 + 20  # none after the deadline
 
 
 def test_the_checkpoint_disk_bound_holds(split_folder, tmp_path):
