@@ -33,6 +33,14 @@ def search_kw(tmp_path, out, study, **extra):
                 report=False, default_trials=0, rank=False, soup=0, warm_start="off", quiet=True, **extra)
 
 
+def searched_once(split_folder, tmp_path, study):
+    """One quick trial in a new study; returns its run folder, the options used, and the study."""
+    out = tmp_path / "run"
+    kw = search_kw(tmp_path, out, study)
+    autotl.search(str(split_folder), trials=1, **kw)
+    return out, kw, load(study, autotl.storage.make_storage(None, out))
+
+
 def quiet_env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
@@ -210,10 +218,7 @@ def test_an_rdb_heartbeat_goes_on_after_a_storage_error(tmp_path, monkeypatch):
 def test_ctrl_c_fails_only_this_process_s_own_trials(split_folder, tmp_path):
     import socket
 
-    out = tmp_path / "run"
-    kw = search_kw(tmp_path, out, "mine")
-    autotl.search(str(split_folder), trials=1, **kw)
-    study = load("mine", autotl.storage.make_storage(None, out))
+    out, kw, study = searched_once(split_folder, tmp_path, "mine")
     # A trial of a process in another container: the same PID as this one, another PID namespace.
     other = study.ask()
     other.set_user_attr("pid", os.getpid())
@@ -274,10 +279,7 @@ def test_best_is_read_whole_while_another_worker_replaces_it(tmp_path):
 
 
 def test_a_best_folder_of_a_trial_that_never_completed_is_replaced(split_folder, tmp_path):
-    out = tmp_path / "run"
-    kw = search_kw(tmp_path, out, "torn")
-    autotl.search(str(split_folder), trials=1, **kw)
-    study = load("torn", autotl.storage.make_storage(None, out))
+    out, kw, study = searched_once(split_folder, tmp_path, "torn")
     # A crash between writing best/ and storing the trial: best/ holds a trial that never completed.
     crashed = study.ask()
     study.tell(crashed, state=optuna.trial.TrialState.FAIL)
