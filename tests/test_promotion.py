@@ -138,3 +138,20 @@ def test_a_kill_9_during_a_resumed_trial_requeues_it_from_its_checkpoint(split_f
     assert {s: v for s, v in retry.intermediate_values.items() if s <= 300} == parent.intermediate_values
     assert max(retry.intermediate_values) > 300 and retry.state in (optuna.trial.TrialState.COMPLETE,
                                                                     optuna.trial.TrialState.PRUNED)
+
+
+def test_a_warm_start_pauses_and_goes_on_like_any_trial(split_folder, tmp_path, monkeypatch):
+    from test_ranking import entry, write_history
+
+    history = tmp_path / "history.jsonl"
+    monkeypatch.setenv("AUTOTL_HISTORY", str(history))
+    write_history(history, [entry("close", 30, [({"backbone": "timm/test_vit", "adapter": "linear",
+                                                  "head_lr": 0.00777}, 0.99)])])
+    promotion_search(split_folder, tmp_path, trials=9, warm_start="auto")
+    study = optuna.load_study(study_name="asha", storage=autotl.storage.make_storage(None, tmp_path / "run"))
+    first = study.trials[0]
+    assert first.user_attrs["origin"] == "warm start: close" and abs(first.params["head_lr"] - 0.00777) < 1e-12
+    assert first.user_attrs[PAUSED_ATTR] == 1  # a warm start is a prior, not a protected trial: it pauses too
+    for t in study.trials:  # a continuation keeps its lineage's origin and params
+        if t.user_attrs.get(CONTINUES_ATTR) == 0:
+            assert t.user_attrs["origin"] == "warm start: close" and t.params == first.params
