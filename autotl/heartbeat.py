@@ -80,11 +80,6 @@ def _same_machine(owner: Any) -> bool:
             and all(owner.get(k) == me[k] for k in ("host", "boot", "pidns")))
 
 
-def is_mine(owner: Any) -> bool:
-    """Whether ``owner`` is this very process (not merely one with the same PID)."""
-    return isinstance(owner, dict) and owner == process_owner()
-
-
 def owner_is_dead_here(owner: Any) -> bool:
     """Whether ``owner`` ran on this machine (same host, boot and PID namespace) and is gone: no
     process with its PID, or one started at another time (the PID was reused)."""
@@ -120,11 +115,6 @@ class Heartbeat:
                 self.storage.set_trial_user_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
             except Exception:  # the trial finished meanwhile, or the storage hiccupped: the next beat retries
                 pass
-
-
-def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
-    """Queue a failed trial's params again, as Optuna does for an RDB storage's stale trials."""
-    RetryStale()(study, failed)
 
 
 def retries_left(trial: optuna.trial.FrozenTrial) -> bool:
@@ -169,7 +159,7 @@ class Reaper:
                 continue
             reaped.append(t.number)
             self._watch.pop(t._trial_id, None)
-            requeue(self.study, self.study._storage.get_trial(t._trial_id))
+            RetryStale()(self.study, self.study._storage.get_trial(t._trial_id))  # as Optuna does on RDB
         return reaped
 
     def _interval(self, trial: optuna.trial.FrozenTrial) -> float:
