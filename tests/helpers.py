@@ -33,3 +33,31 @@ def one_epoch(data, device="cpu"):
     from autotl.streaming import sequential
 
     return torch.cat([x.cpu() for x, _ in data.batches(sequential(len(data)), torch.device(device))])
+
+
+def fit_paused(plugins, dataset, params, epochs, pause_at, tmp_path, cache, selection=None, device="cpu"):
+    """The same fit run straight through, and paused at ``pause_at`` (its checkpoint written to disk and
+    read back) then resumed on a freshly built network."""
+    import torch
+
+    from autotl.pausing import FitCheckpoint
+    from autotl.tensors import Augmentation
+    from autotl.trainer import fit
+
+    def data(model):
+        aug = Augmentation.from_params(params)
+        return cache.train(dataset.train, model.data_config, aug), cache.get(dataset.val, model.data_config)
+
+    kw = dict(epochs=epochs, metric="accuracy", device=torch.device(device), seed=3, selection=selection)
+    torch.manual_seed(0)
+    model = build(plugins, "timm/test_vit")
+    straight = fit(model, *data(model), params, **kw)
+    torch.manual_seed(0)
+    model = build(plugins, "timm/test_vit")
+    first = fit(model, *data(model), params, pause_at=pause_at, **kw)
+    assert first.paused and first.epochs_run == pause_at and len(first.curve) == pause_at
+    checkpoint = FitCheckpoint.load(first.checkpoint.save(tmp_path / "ckpt.safetensors"))
+    torch.manual_seed(123)  # another initialisation: everything must come from the checkpoint
+    model = build(plugins, "timm/test_vit")
+    resumed = fit(model, *data(model), params, resume=checkpoint, **kw)
+    return straight, resumed

@@ -9,7 +9,7 @@ from autotl import SourceModel, TrialError
 from autotl.data import load_dataset
 from autotl.model import build_model
 from autotl.trainer import fit, resolve_device
-from helpers import build, tensors, trial_params
+from helpers import build, fit_paused, tensors, trial_params
 
 CPU = torch.device("cpu")
 
@@ -124,31 +124,6 @@ def test_an_epoch_is_split_into_equal_batches_not_a_ragged_tail(plugins, tmp_pat
     assert train_batches == [5, 5, 5, 5]  # ceil(10 / 6) = 2 equal batches per epoch; old code: 6 + 4
 
 
-def _fit_paused(plugins, dataset, params, epochs, pause_at, tmp_path, cache, selection=None):
-    """The same fit run straight through, and paused at ``pause_at`` (its checkpoint written to disk and
-    read back) then resumed on a freshly built network."""
-    from autotl.pausing import FitCheckpoint
-    from autotl.tensors import Augmentation
-
-    def data(model):
-        aug = Augmentation.from_params(params)
-        return cache.train(dataset.train, model.data_config, aug), cache.get(dataset.val, model.data_config)
-
-    kw = dict(epochs=epochs, metric="accuracy", device=CPU, seed=3, selection=selection)
-    torch.manual_seed(0)
-    model = build(plugins, "timm/test_vit")
-    straight = fit(model, *data(model), params, **kw)
-    torch.manual_seed(0)
-    model = build(plugins, "timm/test_vit")
-    first = fit(model, *data(model), params, pause_at=pause_at, **kw)
-    assert first.paused and first.epochs_run == pause_at and len(first.curve) == pause_at
-    checkpoint = FitCheckpoint.load(first.checkpoint.save(tmp_path / "ckpt.safetensors"))
-    torch.manual_seed(123)  # another initialisation: everything must come from the checkpoint
-    model = build(plugins, "timm/test_vit")
-    resumed = fit(model, *data(model), params, resume=checkpoint, **kw)
-    return straight, resumed
-
-
 @pytest.mark.parametrize("changes, pause_at, rule", [
     ({}, 2, None),
     # Augmented views streamed through loader workers, mixup, LP-FT's switch after the pause, the best epoch kept.
@@ -161,8 +136,8 @@ def test_a_paused_then_resumed_fit_equals_an_uninterrupted_one_bit_for_bit(small
 
     plugins, dataset = small
     params = trial_params(backbone="timm/test_vit", **changes)
-    straight, resumed = _fit_paused(plugins, dataset, params, 4, pause_at, tmp_path, TensorCache(),
-                                    Selection(rule) if rule else None)
+    straight, resumed = fit_paused(plugins, dataset, params, 4, pause_at, tmp_path, TensorCache(),
+                                   Selection(rule) if rule else None)
     assert not resumed.paused and resumed.epochs_run == straight.epochs_run == 4
     assert resumed.curve == straight.curve and resumed.train_loss == straight.train_loss
     assert resumed.val_loss == straight.val_loss and resumed.best_epoch == straight.best_epoch
