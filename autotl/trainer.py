@@ -216,6 +216,8 @@ class _Phase:
                       "the trial runs uncached, only slower; rerun with --no-feature-cache to silence this")
             self.forward, self.val_x, self._train_x = self.whole, None, None
             split, why = None, f"error: {type(exc).__name__}"
+        if self.val_x is None and isinstance(self.val, TensorSet):  # resident images: moved once, not every epoch
+            self.val_x = self.val.x.to(self.device, non_blocking=True)
         result.feature_cache.append(split.label if split is not None else why)
 
     def _split(self, name: str):
@@ -386,8 +388,8 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
         if selection.is_better_epoch(value, val_loss, None if result.best_epoch < 0 else (
                 result.curve[result.best_epoch], result.val_loss[result.best_epoch]), maximize):
             result.best_epoch = epoch
-            if selection.keeps_best_epoch:
-                result.state_dict = _weights(module)
+            if selection.keeps_best_epoch:  # a copy beside the weights: no trip to the CPU every better epoch
+                result.state_dict = _weights(module, device)
                 result.val_details = task.details(y_val, out, labels or [str(i) for i in range(model.num_outputs)])
         last_out = out
         if on_epoch is not None:
@@ -405,6 +407,7 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
     if not selection.keeps_best_epoch and result.curve and last_out is not None:
         result.state_dict = _weights(module)
         result.val_details = task.details(y_val, last_out, labels or [str(i) for i in range(model.num_outputs)])
+    result.state_dict = _on_cpu(result.state_dict)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -424,7 +427,7 @@ def _capture(result: FitResult, epoch: int, update: int, module: nn.Module, opti
 
     return FitCheckpoint(epoch=epoch, update=update, weights=_weights(module), optimizer=optimizer.state_dict(),
                          history={k: getattr(result, k) for k in FitResult.HISTORY},
-                         best_weights=result.state_dict if selection.keeps_best_epoch else None,
+                         best_weights=_on_cpu(result.state_dict) if selection.keeps_best_epoch else None,
                          scaler=scaler.state_dict() if scaler is not None else None)
 
 
@@ -444,9 +447,14 @@ def _restore(checkpoint: Any, module: nn.Module, optimizer: Any, scaler: Any, re
     return checkpoint.update, checkpoint.epoch
 
 
-def _weights(module: nn.Module) -> Dict[str, torch.Tensor]:
-    """A CPU copy of the module's weights, as they are now."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+def _weights(module: nn.Module, device: Any = "cpu") -> Dict[str, torch.Tensor]:
+    """A copy of the module's weights as they are now, on ``device``."""
+    return {k: v.detach().to(device, copy=True) for k, v in module.state_dict().items()}
+
+
+def _on_cpu(state: Optional[Dict[str, torch.Tensor]]) -> Optional[Dict[str, torch.Tensor]]:
+    """``state`` with every tensor on the CPU (those already there are not copied)."""
+    return None if state is None else {k: v.to("cpu") for k, v in state.items()}
 
 
 def evaluate(module: nn.Module, data: Any, device: torch.device, task: Optional[Task] = None,

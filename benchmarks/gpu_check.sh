@@ -32,7 +32,7 @@ export AUTOTL_ZOO="$OUT/zoo" HF_HUB_OFFLINE=1
 start=$(date +%s)
 
 echo "== 1. GPU-marked tests"
-$PY -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt" | tail -15 || true
+$PY -m pytest -q -rP -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt" | tail -15 || true
 
 echo "== 2. overhead (autotl epoch / plain loop)"
 $PY benchmarks/overhead.py --device "$DEV" --models "$MODELS" --size "$SIZE" --epochs "$EPOCHS" \

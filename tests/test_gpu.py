@@ -41,13 +41,42 @@ def test_cached_probe_on_cuda_matches_uncached(small):
     assert curves[0] == pytest.approx(curves[1], abs=0.05)  # bf16 autocast rounds both paths a little differently
 
 
+def live_cuda_allocations() -> str:
+    """Each CUDA allocation still alive, largest first, with the innermost Python frames that made it
+    (recorded since ``torch.cuda.memory._record_memory_history`` was turned on): what a leak holds."""
+    lines = []
+    blocks = [b for seg in torch.cuda.memory._snapshot()["segments"] for b in seg["blocks"]
+              if b["state"] == "active_allocated"]
+    for block in sorted(blocks, key=lambda b: -b["size"])[:12]:
+        frames = [f"{f['filename'].rsplit('/', 1)[-1]}:{f['line']} {f['name']}" for f in block.get("frames", [])
+                  if f["filename"].endswith(".py")]
+        lines.append(f"{block['size'] / 2**20:.2f} MiB: {' < '.join(frames[:6]) or 'made before recording began, or by a library'}")
+    return "\n".join(lines)
+
+
 def test_search_on_cuda_frees_memory_between_trials(tmp_path, split_folder):
+    """Memory held after a search does not grow with its number of trials. The first, one-trial search
+    pays the one-off costs that stay for the process (cuBLAS and cuBLASLt workspaces, one per stream,
+    tens of MiB on Hopper); every later trial must give back what it took."""
     import autotl
 
-    result = autotl.search(str(split_folder), space="quick", backbones="timm/test_vit,timm/test_resnet", trials=3,
-                           epochs=2, device="cuda", out=str(tmp_path / "run"), report=False)
+    def search(name, trials):
+        return autotl.search(str(split_folder), space="quick", backbones="timm/test_vit,timm/test_resnet",
+                             trials=trials, epochs=2, device="cuda", out=str(tmp_path / name), report=False,
+                             quiet=True)
+
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=200_000)
+    try:
+        search("warm-up", 1)
+        before = torch.cuda.memory_allocated()
+        result = search("run", 4)
+        after = torch.cuda.memory_allocated()
+        held = live_cuda_allocations()
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    print(f"CUDA memory held: {before / 2**20:.2f} MiB after one trial, {after / 2**20:.2f} MiB after four more\n{held}")
     assert result.summary["device"].startswith("cuda") and result.best is not None
-    assert torch.cuda.memory_allocated() < 64 * 2**20
+    assert after - before < 2**20, held
 
 
 def test_a_fit_paused_and_resumed_on_cuda_goes_on_where_it_stopped(plugins, image_folder, tmp_path):
@@ -73,4 +102,3 @@ def test_promotion_search_on_cuda_pauses_and_continues_trials(tmp_path, split_fo
     assert result.summary["device"].startswith("cuda")
     assert any(r.lineage and len(r.lineage) > 1 for r in result.trials)  # a paused trial went on
     assert any(r.state == "complete" and r.epochs_run == 9 for r in result.trials)
-    assert torch.cuda.memory_allocated() < 64 * 2**20
