@@ -181,10 +181,27 @@ def verify_split(model: AdaptedModel, split: Split, input_size: Sequence[int]) -
 # -- keys -------------------------------------------------------------------------------------
 
 def _digest_tensor(h: "hashlib._Hash", t: torch.Tensor) -> None:
-    t = t.detach().to("cpu").contiguous()
     h.update(str(t.dtype).encode())
     h.update(str(tuple(t.shape)).encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(_tensor_digest(t))
+
+
+def _tensor_digest(t: torch.Tensor) -> bytes:
+    """SHA-256 of the tensor's bytes, remembered on the tensor until it changes in place (its
+    ``_version`` moves): a trial's train and validation features, and its phases, hash the
+    prefix's weights once, not each time (a ViT-B/16 is 344 MB to copy off the GPU and hash). The
+    storage's address is part of the check: assigning ``.data`` swaps it without moving ``_version``."""
+    state = (t._version, t.data_ptr())
+    memo = getattr(t, "_autotl_digest", None)
+    if memo is not None and memo[0] == state:
+        return memo[1]
+    data = t.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b"").digest()
+    try:
+        t._autotl_digest = (state, digest)
+    except (AttributeError, RuntimeError):  # a tensor type that takes no attributes: hash again next time
+        pass
+    return digest
 
 
 def prefix_fingerprint(model: AdaptedModel, split: Split) -> str:

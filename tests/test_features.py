@@ -71,9 +71,13 @@ def test_changed_weights_depth_or_transform_miss_the_cache(plugins, data):
         next(p for n, p in model.module.named_parameters() if n.startswith("conv1")).add_(1e-3)  # other weights
     cache.features(model, split_for(model, 1.0), train, CPU, autocast)
     assert cache.stats["misses"] == 3
+    first = next(p for n, p in model.module.named_parameters() if n.startswith("conv1"))
+    first.data = first.data + 1e-3  # new storage, the tensor's version counter unchanged: still a miss
+    cache.features(model, split_for(model, 1.0), train, CPU, autocast)
+    assert cache.stats["misses"] == 4
     shifted = to_tensors(data.train.items, data.train.labels, {**model.data_config, "mean": [0.4, 0.4, 0.4]})
     cache.features(model, split_for(model, 1.0), shifted, CPU, autocast)  # another transform
-    assert cache.stats["misses"] == 4 and cache.stats["hits"] == 1
+    assert cache.stats["misses"] == 5 and cache.stats["hits"] == 1
 
 
 def test_the_memory_bound_holds_and_evictions_spill_to_a_shared_folder(tmp_path):
