@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soup", type=_non_negative_int, default=5, metavar="K",
                    help="greedy soup: average the best of the K top trials that share the winner's backbone and "
                         "adapter into best/ when that scores higher on validation (default 5; 0 turns it off)")
-    s.add_argument("--default-trials", type=int, default=3, metavar="K",
-                   help="first trials: the default recipe on the K leading backbones (default 3; 0 disables)")
+    s.add_argument("--default-trials", type=_non_negative_int, default=None, metavar="K",
+                   help="first trials: the default recipe on the K leading backbones (default: the space's "
+                        "default_trials, else 3; 0 disables)")
 
     rp = sub.add_parser("report", parents=[common], help="build the report of a run folder or a stored study",
                         description="Write report.html, report.md and report.json for a run folder, or for a study "

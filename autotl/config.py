@@ -57,7 +57,8 @@ class RunConfig:
     resident_mb: int = 512  # auto keeps a split resident when its float32 tensors fit this many megabytes
     data_cache: Optional[str] = None  # where stored forms are written (default: the run folder's data_cache/)
     compile: bool = False  # torch.compile each trial's network
-    default_trials: int = 3  # the first trials: the default recipe on this many leading backbones
+    default_trials: Optional[int] = None  # the first trials: the default recipe on this many leading backbones
+    #                                       (None: the space file's default_trials, else 3)
     workers: int = 1  # worker processes on this machine
     devices: Optional[str] = None  # comma-separated devices, one per worker in turn (cuda:0,cuda:1)
     artifacts: Optional[str] = None  # where best/ is written (default: the run folder); shared by workers
@@ -80,8 +81,9 @@ class RunConfig:
         _check(self.data_path in DATA_PATHS, "data_path", f"one of {', '.join(DATA_PATHS)}", self.data_path)
         _check(isinstance(self.resident_mb, int) and not isinstance(self.resident_mb, bool) and self.resident_mb >= 0,
                "resident_mb", "an int >= 0 (megabytes; 0 streams every split)", self.resident_mb)
-        _check(isinstance(self.default_trials, int) and not isinstance(self.default_trials, bool)
-               and self.default_trials >= 0, "default_trials", "an int >= 0", self.default_trials)
+        _check(self.default_trials is None or (isinstance(self.default_trials, int)
+               and not isinstance(self.default_trials, bool) and self.default_trials >= 0),
+               "default_trials", "an int >= 0, or None for the space's own", self.default_trials)
         _check(isinstance(self.checkpoint_mb, (int, float)) and not isinstance(self.checkpoint_mb, bool)
                and self.checkpoint_mb >= 0, "checkpoint_mb", "a number >= 0 (megabytes)", self.checkpoint_mb)
         _check(isinstance(self.keep_top, int) and not isinstance(self.keep_top, bool) and self.keep_top >= 1,

@@ -100,8 +100,8 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
         enqueue_warm_start(study, space, plugins, config.warm_start, meta_features(dataset, ranking))
         leading = [b for b in ranking.order if b in space.backbones] if ranking is not None else None
         if fresh:
-            enqueue_default_trials(study, space, plugins, config.default_trials,
-                                   backbones=leading[:config.default_trials] if leading else None)
+            k = config.default_trials if config.default_trials is not None else space.file.default_trials
+            enqueue_default_trials(study, space, plugins, k, backbones=leading[:k] if leading else None)
             enqueue_backbone_cover(study, space, leading)
         if "dataset" not in study.user_attrs:
             study.set_user_attr("dataset", dataset.describe())

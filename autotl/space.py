@@ -61,7 +61,9 @@ DEPENDENT_DEFAULTS = {"backbone_lr_mult": ("backbone_lr", "multiplier"), "layer_
 RETIRED_CHOICES = {("augmentation", "light"): "augmentation 'light' (crop and flip) is now two knobs: "
                                               "write crop_scale: 0.6 and hflip: 0.5 (and augmentation: none)"}
 TOP_KEYS = {"description", "epochs", "min_epochs", "backbones", "adapters", "sampler", "pruner", "selection",
-            "params", "adapter_params"}
+            "params", "adapter_params", "default_trials"}
+#: Default-recipe trials when neither the space file nor --default-trials says how many.
+DEFAULT_RECIPE_TRIALS = 3
 SPEC_KEYS = {"low", "high", "log", "step", "choices", "when"}
 SAMPLERS = {"tpe": {"n_startup_trials", "multivariate", "constant_liar", "cover_backbones"}, "random": set()}
 PRUNERS = {"hyperband": {"reduction_factor"}, "asha-promotion": {"reduction_factor"},
@@ -157,6 +159,7 @@ class SpaceFile:
     params: Tuple[ParamSpec, ...]
     adapter_params: Mapping[str, Mapping[str, Any]]
     selection: Mapping[str, Any] = field(default_factory=lambda: {"name": DEFAULT_RULE})
+    default_trials: int = DEFAULT_RECIPE_TRIALS  # a new study's default-recipe trials (--default-trials overrides)
 
 
 @dataclass(frozen=True)
@@ -331,6 +334,9 @@ def load_space_file(name_or_path: str) -> SpaceFile:
     min_epochs = _number(shown, "min_epochs", raw.get("min_epochs", 1), int)
     if epochs < 1 or not 1 <= min_epochs <= epochs:
         raise _fail(shown, "epochs", f"need 1 <= min_epochs ({min_epochs}) <= epochs ({epochs})", "fix the two values")
+    default_trials = _number(shown, "default_trials", raw.get("default_trials", DEFAULT_RECIPE_TRIALS), int)
+    if default_trials < 0:
+        raise _fail(shown, "default_trials", f"expected a number >= 0, got {default_trials}", "write 0 or more")
     bb = raw.get("backbones", {"include": ["*"]})
     if not isinstance(bb, Mapping):
         bb = {"include": bb}
@@ -361,6 +367,7 @@ def load_space_file(name_or_path: str) -> SpaceFile:
         pruner=_section(shown, "pruner", raw.get("pruner"), PRUNERS, "hyperband"),
         selection=_selection(shown, raw.get("selection")),
         params=tuple(params), adapter_params={k: dict(v) for k, v in adapter_params.items()},
+        default_trials=default_trials,
     )
 
 

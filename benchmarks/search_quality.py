@@ -17,9 +17,11 @@ class, 60 test), where the tiny zoo networks stay near chance.
 Methods, each per task and seed, each choosing its final model by validation:
 
 - ``autotl``: ``autotl.search`` with ``--space`` (``default``) and everything else at its defaults
-  (ranking prior, 3 default-recipe trials, the space's selection rule).
+  (ranking prior, the space's default-recipe trials and selection rule).
 - ``autotl-norank``: the same with ``rank=False``; ``autotl-nodefaults``: with ``default_trials=0``;
-  ``autotl-nosoup``: with ``soup=0`` (no greedy soup of the best trials).
+  ``autotl-nosoup``: with ``soup=0`` (no greedy soup of the best trials); ``autotl-hyperband``: with
+  ``benchmarks/spaces/hyperband.yaml``, the default space before promotion-based search (stop-based
+  Hyperband, 3 default-recipe trials), side by side with the default for issue 14's comparison.
   With ``--default-trials 1`` the pair ``autotl`` / ``autotl-norank`` measures the ranking prior on its
   own: the single recipe trial goes to the top-ranked source or to the first one.
 - ``fixed``: autotl's own default recipe (``autotl.defaults.DEFAULT_RECIPE``), every knob fixed, one
@@ -57,7 +59,7 @@ import tasks as task_builders
 HEADING = "Search quality (`benchmarks/search_quality.py`)"
 TASKS = tuple(task_builders.TASKS)
 DEFAULT_TASKS = {"zoo": ("digits-fewshot", "digits-4shot", "shift-fewshot"), "lite0": ("textures",)}
-AUTOTL_METHODS = ("autotl", "autotl-norank", "autotl-nodefaults", "autotl-nosoup", "fixed")
+AUTOTL_METHODS = ("autotl", "autotl-norank", "autotl-nodefaults", "autotl-nosoup", "autotl-hyperband", "fixed")
 METHODS = AUTOTL_METHODS + peers.PEERS
 DEFAULT_METHODS = ("autotl", "fixed", "script", "tpe", "random", "grid")
 LITE0_PLUGIN = Path(__file__).resolve().parent / "plugins" / "lite0_bench.py"
@@ -76,7 +78,8 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=15, help="max epochs per trial, every method (default 15)")
     p.add_argument("--space", default="default", help="autotl's space (default: default)")
     p.add_argument("--label", default=None, help="the autotl rows' method name in the tables (default: autotl)")
-    p.add_argument("--default-trials", type=int, default=3, help="autotl's default_trials (default 3)")
+    p.add_argument("--default-trials", type=int, default=None,
+                   help="autotl's default_trials (default: the space's own, 1 in `default`)")
     p.add_argument("--lite0-size", type=int, default=128, help="input size of the lite0 source (default 128)")
     p.add_argument("--zoo", default=_common.default_zoo(), help="zoo folder (default $AUTOTL_ZOO or ~/.cache/autotl/zoo)")
     p.add_argument("--archs", default=",".join(_common.DEMO_ARCHS),
@@ -95,7 +98,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown task or method {bad[0]!r}: tasks are {', '.join(TASKS)}; methods {', '.join(METHODS)}")
     if not (args.task_list and args.method_list and args.seed_list) or args.trials < 1 or args.epochs < 1:
         p.error("need a task, a method, a seed, --trials >= 1 and --epochs >= 1")
-    if args.default_trials < 0:
+    if args.default_trials is not None and args.default_trials < 0:
         p.error("--default-trials must be >= 0")
     return args
 
@@ -151,7 +154,9 @@ def run_search(ctx: Mapping[str, Any], data: str, seed: int, out: Path, **option
 def autotl_arm(**overrides: Any) -> Callable[..., Dict[str, Any]]:
     def run(ctx: Mapping[str, Any], data: str, seed: int, out: Path) -> Dict[str, Any]:
         args = ctx["args"]
-        options = dict(space=args.space, trials=args.trials, default_trials=args.default_trials)
+        options = dict(space=args.space, trials=args.trials)
+        if args.default_trials is not None:
+            options["default_trials"] = args.default_trials
         options.update(overrides)
         return run_search(ctx, data, seed, out, **options)
     return run
@@ -198,6 +203,8 @@ def peer_arm(kind: str) -> Callable[..., Dict[str, Any]]:
 RUNNERS: Dict[str, Callable[..., Dict[str, Any]]] = {
     "autotl": autotl_arm(), "autotl-norank": autotl_arm(rank=False), "autotl-nodefaults": autotl_arm(default_trials=0),
     "autotl-nosoup": autotl_arm(soup=0),
+    # Stop-based Hyperband with 3 recipe trials, the default space before promotion-based search (issue 14).
+    "autotl-hyperband": autotl_arm(space=str(Path(__file__).resolve().parent / "spaces" / "hyperband.yaml")),
     "fixed": run_fixed, **{k: peer_arm(k) for k in peers.PEERS}}
 
 
@@ -291,9 +298,10 @@ def main(argv: List[str] | None = None) -> int:
                       f"epochs {r['epochs']} ({r['trials']} trials, {r['backbone']} @ {r['freeze_depth']}) "
                       f"{r['seconds']:.0f} s [total {time.perf_counter() - started:.0f} s]", flush=True)
     tables = summarize(results, args)
+    recipes = "the space's" if args.default_trials is None else args.default_trials
     notes = [f"Sources {', '.join(sources['names'])}; tasks {', '.join(args.task_list)}; seeds {args.seeds}; "
              f"{args.trials} trials of up to {args.epochs} epochs (grid: its grid; fixed: one run per source); "
-             f"autotl space `{args.space}`, default_trials={args.default_trials}; device {args.device}. Each autotl "
+             f"autotl space `{args.space}`, default_trials={recipes}; device {args.device}. Each autotl "
              "run has its own empty AUTOTL_HISTORY. Test accuracy of the model each method chose by validation. "
              f"Total wall: {time.perf_counter() - started:.0f} s."]
     print()

@@ -112,6 +112,8 @@ def test_adapter_fragment_is_sampled_with_prefix(tmp_path):
     ("sampler: {name: cmaes}\n", r"sampler.name: unknown sampler"),
     ("pruner: {name: hyperband, patience: 3}\n", r"pruner.patience: unknown key"),
     ("epochs: 0\n", r"space.yaml: epochs"),
+    ("default_trials: -1\n", r"space.yaml: default_trials: expected a number >= 0"),
+    ("default_trials: two\n", r"space.yaml: default_trials: expected a number"),
     ("params: [1, 2]\n", r"params: expected a mapping"),
     ("params: {head_lr: 0.1\n", r"space.yaml: not valid YAML"),
 ])
