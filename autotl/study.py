@@ -318,7 +318,7 @@ class TrialRunner:
         resume, pause_at = self._pausing(trial)
         try:
             result = fit(model, train, val, params, epochs=epochs, metric=self.metric, task=self.task,
-                         labels=list(self.dataset.classes), device=self.device, seed=self.config.seed + trial.number,
+                         labels=list(self.dataset.classes), device=self.device, seed=self.fit_seed(trial),
                          reporter=reporter, feature_cache=self.features, compile=self.config.compile,
                          selection=Selection.from_section(self.space.file.selection),
                          on_epoch=lambda epoch, value, _loss: self.progress.epoch_finished(trial.number, epoch + 1,
@@ -330,6 +330,13 @@ class TrialRunner:
                     split.close()  # stop loader workers now, not whenever the set is collected
         result.data = _json(data_facts(self.tensors, model.data_config, self.dataset, train, val, result))
         return result
+
+    def fit_seed(self, trial: optuna.Trial) -> int:
+        """The seed a trial trains (and initialises) with: ``--seed`` plus the number of its lineage's
+        first trial, so a continuation draws exactly what its never-paused self would have."""
+        from .promotion import lineage
+
+        return self.config.seed + lineage(trial)
 
     def _pausing(self, trial: optuna.Trial) -> tuple:
         """Promotion-based search: the checkpoint a continuation resumes (its inherited epochs reported
@@ -358,7 +365,8 @@ class TrialRunner:
         # once it is sampled, and what it did, when it ends.
         # Who runs it (a rerun on this machine requeues a dead owner's trial at once), and its heartbeat:
         # autotl's own on a journal file; Optuna's on an RDB storage (autotl.storage).
-        attrs: Dict[str, Any] = {"pid": os.getpid(), OWNER_ATTR: process_owner(), INTERVAL_ATTR: self.heartbeat_s}
+        attrs: Dict[str, Any] = {"pid": os.getpid(), OWNER_ATTR: process_owner(), INTERVAL_ATTR: self.heartbeat_s,
+                                 "seed": self.fit_seed(trial)}
         from .storage import uses_optuna_heartbeats
 
         beat = None if uses_optuna_heartbeats(trial.storage) else Heartbeat(trial.study, trial._trial_id,
@@ -376,7 +384,7 @@ class TrialRunner:
             self.progress.trial_started(trial.number, params.backbone, self.space.epochs)
             source = self.plugins.sources.get(params.backbone)
             adapter = self.plugins.adapters.get(params.adapter)
-            torch.manual_seed(self.config.seed + trial.number)
+            torch.manual_seed(self.fit_seed(trial))
             if params.backbone in self.broken:  # fail fast: e.g. no network would cost a minute per trial
                 raise TrialError(f"skipped: {self.broken[params.backbone]}",
                                  "fix it, or exclude it with --backbones")
@@ -399,7 +407,7 @@ class TrialRunner:
                 _free(self.device)
                 set_trial_attrs(trial, {"oom_retry": oom})
                 params = dataclasses.replace(params, batch_size=oom["retried_at"])
-                torch.manual_seed(self.config.seed + trial.number)
+                torch.manual_seed(self.fit_seed(trial))
                 model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
                 result = self._fit(trial, model, params)
             attrs.update(feature_cache=result.feature_cache, curve=_json(result.curve),

@@ -68,6 +68,48 @@ def test_paused_trials_go_on_from_their_checkpoint_and_count_once(split_folder, 
     assert all(int(n) not in rows for n in chain[:-1])  # the paused fragments are not rows of their own
 
 
+def test_a_continued_lineage_trains_bit_for_bit_like_its_never_paused_self(split_folder, tmp_path):
+    """In the search, not just in the trainer: a continuation resumes with its lineage's seed, so the
+    whole lineage's curve and losses equal one uninterrupted fit of the same setup on the CPU."""
+    import torch
+
+    from autotl.data import load_dataset
+    from autotl.features import FeatureCache
+    from autotl.model import build_model
+    from autotl.plugins import get_plugin_manager
+    from autotl.selection import Selection
+    from autotl.space import load_space_file, resolve_space
+    from autotl.tasks import make_task
+    from autotl.tensors import Augmentation, TensorCache
+    from autotl.trainer import fit
+
+    promotion_search(split_folder, tmp_path, trials=9)
+    study = optuna.load_study(study_name="asha", storage=autotl.storage.make_storage(None, tmp_path / "run"))
+    done = [t for t in study.trials if CONTINUES_ATTR in t.user_attrs and t.state.name == "COMPLETE"]
+    assert done, "a lineage must reach the last epoch"
+    lineage = done[0]
+    root = study.trials[lineage.user_attrs["lineage"]]
+    assert lineage.user_attrs["seed"] == root.user_attrs["seed"] == 1 + root.number
+
+    plugins = get_plugin_manager()
+    dataset = load_dataset(str(split_folder), plugins, seed=1)
+    space = resolve_space(load_space_file(str(tmp_path / "space.yaml")), plugins, ["timm/test_vit"], None,
+                          task=dataset.task)
+    params = space.suggest(optuna.trial.FixedTrial(dict(lineage.params)))
+    task = make_task(dataset.task, dataset.train.labels)
+    torch.manual_seed(lineage.user_attrs["seed"])
+    model = build_model(plugins.sources.get(params.backbone), plugins.adapters.get(params.adapter),
+                        task.num_outputs(dataset.classes), params.adapter_params)
+    tensors = TensorCache(task)
+    train = tensors.train(dataset.train, model.data_config, Augmentation.from_params(params))
+    straight = fit(model, train, tensors.get(dataset.val, model.data_config), params, epochs=space.epochs,
+                   metric="accuracy", task=task, labels=list(dataset.classes), device=torch.device("cpu"),
+                   seed=lineage.user_attrs["seed"], feature_cache=FeatureCache(),
+                   selection=Selection.from_section(space.file.selection))
+    assert straight.train_loss == lineage.user_attrs["train_loss"]  # every epoch, before and after the pauses
+    assert straight.curve == [lineage.intermediate_values[e] for e in range(1, space.epochs + 1)]
+
+
 @pytest.mark.slow
 def test_four_workers_on_postgresql_continue_each_paused_trial_once(pg_database, split_folder, tmp_path):  # noqa: F811
     result = promotion_search(split_folder, tmp_path, trials=18, workers=4, storage=pg_database, report=False)
