@@ -90,16 +90,25 @@ def offer(ctx: Any, number: int, value: float, params: Any, model: Any, state: M
             return False
         state, adapter, adapter_params = merged_for_export(model.module, state, ctx.plugins.adapters.get(params.adapter),
                                                            ctx.plugins.adapters, params.adapter_params)
-        write = dict(source=ctx.plugins.sources.get(params.backbone), adapter=adapter, adapter_params=adapter_params,
-                     classes=ctx.dataset.classes, data_config=model.data_config,
-                     extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
-                            "params": params.as_dict(), **ctx.task.export()})
+        write = model_write_args(ctx, params, model, adapter, adapter_params, number=number, value=value)
         if in_top:
             save_model(str(ctx.artifacts / TOP_DIR / f"trial-{number}"), state, **write)
             _trim_top(ctx.artifacts, ctx.name, ctx.metric, keep, complete)
         if is_best:
             save_model(str(target), state, **write)
     return is_best
+
+
+def model_write_args(ctx: Any, params: Any, model: Any, adapter: Any, adapter_params: Mapping[str, Any], *,
+                     number: int, value: Optional[float], extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """:func:`autotl.export.save_model`'s arguments for trial ``number``'s trained ``model`` (``adapter``
+    and its params as :func:`autotl.export.merged_for_export` returned them): ``best/``, ``top/`` and
+    ``refit/`` describe their models alike."""
+    return dict(source=ctx.plugins.sources.get(params.backbone), adapter=adapter, adapter_params=adapter_params,
+                classes=ctx.dataset.classes, data_config=model.data_config,
+                architecture=getattr(model, "architecture", None), plugins=ctx.plugins,
+                extra={"study": ctx.name, "trial": number, "value": value, "metric": ctx.metric,
+                       "params": params.as_dict(), **ctx.task.export(), **dict(extra or {})})
 
 
 def kept_models(config: Any) -> int:

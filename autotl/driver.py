@@ -333,6 +333,8 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
         cook_soup(ctx)
     test = (score_test_split(study, ctx.artifacts, ctx.dataset, ctx.device, ctx.plugins, ctx.task, ctx.tensors)
             if not interrupted else None)
+    if not interrupted and config.refit:
+        refit_search(ctx)
     label = mask_url(storage_label(config.storage, ctx.out_dir))
     summary = summarize(study, all_records, out_dir=ctx.artifacts, metric=ctx.metric,
                         elapsed_s=time.perf_counter() - started, test=test,
@@ -340,6 +342,12 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
                                "space": ctx.space.file.path, "storage": label, "out_dir": str(ctx.out_dir),
                                "artifacts": str(ctx.artifacts), "workers": config.workers})
     write_run_folder(ctx.out_dir, summary, all_records)
+    try:
+        from .modelcard import write_model_cards
+
+        write_model_cards(summary, ctx.artifacts)
+    except OSError as exc:  # a card is documentation: never lose the search for it
+        warn(f"could not write the model card: {exc}", "free space or fix the artifact folder's permissions")
     facts = collect_facts(study, run_dir=ctx.artifacts)
     if config.report:
         try:
@@ -359,6 +367,20 @@ def finish(ctx: SearchContext, *, started: float, interrupted: bool) -> RunResul
                  "make that file writable or point $AUTOTL_HISTORY elsewhere; --warm-start off skips the history")
     ctx.plugins.search_finished(result)
     return result
+
+
+def refit_search(ctx: SearchContext) -> Optional[Dict[str, Any]]:
+    """``--refit``: the best setup trained again on train + validation; a failure never loses the search."""
+    from .refit import RefitError, refit_best
+
+    try:
+        return refit_best(ctx)
+    except RefitError as exc:
+        warn(f"no refit: {exc.what}", exc.fix)
+    except Exception as exc:
+        warn(f"the refit failed: {type(exc).__name__}: {exc}",
+             f"best/ and the search are saved; retry with `autotl refit {ctx.out_dir}`")
+    return None
 
 
 def dataset_facts(dataset: Any, study: optuna.Study) -> Dict[str, Any]:

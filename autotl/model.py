@@ -27,6 +27,7 @@ class AdaptedModel:
     data_config: Dict[str, Any]
     num_outputs: int
     trains_backbone: Optional[Callable[[str], bool]] = None  # the adapter's say on which backbone params train
+    architecture: Optional[str] = None  # the timm architecture that rebuilds the backbone (see timm_architecture)
 
     def group_of(self) -> Dict[str, int]:
         return {name: i for i, names in enumerate(self.groups) for name in names}
@@ -112,6 +113,48 @@ def layer_groups(net: nn.Module, source: SourceModel) -> List[List[str]]:
     return [g for g in groups if g]
 
 
+_REBUILT: Dict[str, Optional[str]] = {}
+
+
+def _rebuilt_structure(architecture: str, model_kwargs: Mapping[str, Any]) -> Optional[str]:
+    """The module structure (its ``repr``) of plain headless ``timm.create_model(architecture,
+    num_classes=0, **model_kwargs)``, built on the meta device (no memory, no weights), once per process;
+    None when timm cannot build it."""
+    import json
+
+    key = json.dumps([architecture, dict(model_kwargs)], sort_keys=True, default=str)
+    if key not in _REBUILT:
+        try:
+            import timm
+
+            with torch.device("meta"):
+                _REBUILT[key] = repr(timm.create_model(architecture, pretrained=False, num_classes=0,
+                                                       **dict(model_kwargs)))
+        except Exception:
+            _REBUILT[key] = None
+    return _REBUILT[key]
+
+
+def timm_architecture(net: nn.Module, source: SourceModel) -> Optional[str]:
+    """The timm architecture that rebuilds ``net`` (already headless), so its export can be plain timm
+    and load without the plugin. The source's own ``architecture`` when it names one; else, for a network
+    that ``timm.create_model`` built (a timm class, with the architecture in its ``pretrained_cfg``, or
+    ``default_cfg`` in older timm), that architecture, but only when rebuilding it with the source's
+    ``model_kwargs`` gives the same modules (kwargs that change the layers, such as ``act_layer``, would
+    otherwise be lost). The export still checks that the weights' names and shapes fit (kwargs such as
+    ``img_size`` change only shapes). None otherwise."""
+    if source.architecture:
+        return source.architecture
+    if not type(net).__module__.startswith("timm."):
+        return None
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(net, attr, None)
+        arch = cfg.get("architecture") if isinstance(cfg, Mapping) else None
+        if isinstance(arch, str) and arch:
+            return arch if _rebuilt_structure(arch, source.model_kwargs) == repr(net) else None
+    return None
+
+
 def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
                 adapter_params: Mapping[str, Any], net: Optional[nn.Module] = None) -> AdaptedModel:
     """Build the source network (or take ``net``), strip its classifier and attach the adapter."""
@@ -129,6 +172,7 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
                          "make build() return the network")
     data_config = resolve_data_config(source, net)
     net = strip_source_head(net, source)
+    architecture = timm_architecture(net, source)
     param_of = dict(net.named_parameters())
     groups_by_id = [[id(param_of[n]) for n in g] for g in layer_groups(net, source)]
     backbone_ids = {id(p) for p in net.parameters()}
@@ -154,7 +198,8 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
     head = frozenset(n for n, p in module.named_parameters() if id(p) not in backbone_ids)
     groups = tuple(tuple(name_of[i] for i in g if i in name_of) for g in groups_by_id)
     return AdaptedModel(module=module, head=head, groups=tuple(g for g in groups if g),
-                        data_config=data_config, num_outputs=num_outputs, trains_backbone=adapter.trains_backbone)
+                        data_config=data_config, num_outputs=num_outputs, trains_backbone=adapter.trains_backbone,
+                        architecture=architecture)
 
 
 def count_parameters(module: nn.Module) -> int:

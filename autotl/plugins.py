@@ -45,6 +45,9 @@ class Plugins:
     sources: Registry[SourceModel] = field(default_factory=lambda: Registry("source model", SourceModel))
     adapters: Registry[TargetAdapter] = field(default_factory=lambda: Registry("target adapter", TargetAdapter))
     datasets: Registry[DatasetSource] = field(default_factory=lambda: Registry("dataset", DatasetSource))
+    #: plugin name -> how it was loaded: ``{"from": "built-in" | "entry point" | "--plugin" |
+    #: "--plugins-dir", "value": ...}``, so an export can say how to load its plugin again.
+    origins: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
     def build_registries(self) -> "Plugins":
         """Call every registration hook, one plugin at a time, so errors name the plugin."""
@@ -83,6 +86,13 @@ class Plugins:
             except Exception as exc:  # observers never break a search
                 warn(f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}",
                      f"fix the plugin, or stop loading it with --block-plugin {impl.plugin_name}; the search goes on")
+
+    def provenance(self, registry: Registry, name: str) -> Dict[str, str]:
+        """Which plugin registered ``name`` in ``registry``, and how that plugin was loaded (see
+        ``origins``): what an export records so that a missing plugin can be named with the exact
+        flag that loads it. Only a record: nothing ever imports a plugin from it."""
+        plugin = registry.owner(name)
+        return {"plugin": plugin, **self.origins.get(plugin, {"from": "unknown"})}
 
     def describe(self) -> List[Dict[str, Any]]:
         """Each loaded plugin with the hooks it implements, in load order."""
@@ -185,9 +195,11 @@ def get_plugin_manager(
     for name in blocked:
         pm.set_blocked(name)
 
+    origins: Dict[str, Dict[str, str]] = {}
     for name in BUILTIN_PLUGINS:
         if not pm.is_blocked(name):
             _register(pm, _import_plugin(name, name), name)
+            origins[name] = {"from": "built-in"}
 
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
@@ -202,16 +214,30 @@ def get_plugin_manager(
                                   f"{type(exc).__name__}: {exc}",
                                   f"fix or uninstall it, or set {AUTOLOAD_ENV}=1") from exc
             _register(pm, plugin, ep.name)
+            dist = getattr(ep, "dist", None)
+            origins[ep.name] = {"from": "entry point", "value": ep.value,
+                                **({"package": dist.name} if getattr(dist, "name", None) else {})}
 
-    specs = list(plugins)
+    specs = [(spec, {"from": "--plugin", "value": _spec_value(spec)}) for spec in plugins]
     if plugins_dir:
         folder = Path(plugins_dir)
         if not folder.is_dir():
             raise PluginError(f"plugins folder {plugins_dir!r} does not exist", "check the path given to --plugins-dir")
         check_not_world_writable(folder)
-        specs += [str(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
-    for spec in specs:
+        specs += [(str(p), {"from": "--plugins-dir", "value": str(folder.resolve())})
+                  for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
+    for spec, origin in specs:
         name = Path(spec).stem if spec.endswith(".py") else spec
         _register(pm, _import_plugin(spec, name), name)
+        if pm.get_plugin(name) is not None:
+            origins[name] = origin
 
-    return Plugins(pm=pm, settings=default_settings(zoo_dir)).build_registries()
+    return Plugins(pm=pm, settings=default_settings(zoo_dir), origins=origins).build_registries()
+
+
+def _spec_value(spec: str) -> str:
+    """The ``--plugin`` value that loads ``spec`` again from any folder: a file as its absolute path,
+    a module by its name."""
+    if spec.endswith(".py") or os.sep in spec:
+        return str(Path(spec).resolve())
+    return spec

@@ -81,9 +81,12 @@ def summarize(study: optuna.Study, records: List[TrialRecord], *, out_dir: Path,
             "soup": (model_config or {}).get("soup"),
             "val_test_gap": _gap(best.value, (model_config or {}).get("soup"), test, metric),
         }
+    from .refit import stored_refit
+
     return {
         "study": study.study_name, "metric": metric, "direction": study.direction.name.lower(),
         "selection": study.user_attrs.get("selection"), "best": best_entry,
+        "refit": stored_refit(study, out_dir),
         "trials": counts, "elapsed_s": round(elapsed_s, 3),
         "epochs_total": int(sum(r.epochs_run for r in records)),
         "autotl_version": __version__, **extra,

@@ -116,7 +116,8 @@ def greedy_soup(ctx: Any) -> Optional[SoupResult]:
                                                        "threshold", "target_mean", "target_std")}
     save_model(str(best_dir), average([first] + [states[i] for i in chosen]), source=source, adapter=adapter,
                adapter_params=config.get("adapter_params") or {}, classes=config["classes"],
-               data_config=config["data_config"], extra={**extra, SOUP_KEY: result.as_dict()})
+               data_config=config["data_config"], extra={**extra, SOUP_KEY: result.as_dict()},
+               architecture=config.get("architecture"), plugins=ctx.plugins)  # the architecture found at build time
     return result
 
 

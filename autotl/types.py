@@ -87,6 +87,8 @@ class TargetAdapter:
             (e.g. ``"linear"``); the export records that adapter so it can be rebuilt.
         requires: importable modules the adapter needs (e.g. ``("peft",)``). A space that lists
             the adapter while one is missing drops it with a warning that says what to install.
+        trains: which parameters train, in a few words (``"LoRA matrices + head"``), for
+            ``autotl adapters``; empty shows ``?`` there.
     """
 
     name: str
@@ -98,6 +100,7 @@ class TargetAdapter:
     merge: Optional[Callable[[Any], Any]] = None
     exports_as: Optional[str] = None
     requires: Sequence[str] = ()
+    trains: str = ""
 
 
 @dataclass(frozen=True)

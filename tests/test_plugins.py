@@ -72,6 +72,13 @@ def test_entry_points_load_after_builtins_and_before_cli_plugins(tmp_path, monke
     assert order.index("autotl_ep_demo") > order.index("autotl_datasets")
     assert order.index("autotl_ep_demo") < order.index("observer")
     assert "ep/net" in plugins.sources
+    # How each was loaded, which a format "autotl" export records to name the plugin it needs.
+    assert plugins.origins["autotl_ep_demo"] == {"from": "entry point", "value": "autotl_ep_demo",
+                                                 "package": "autotl_ep_demo"}
+    observer = str((FIXTURE_PLUGINS / "observer.py").resolve())
+    assert plugins.origins["observer"] == {"from": "--plugin", "value": observer}
+    assert plugins.provenance(plugins.sources, "ep/net") == {"plugin": "autotl_ep_demo",
+                                                             **plugins.origins["autotl_ep_demo"]}
 
 
 def test_autoload_can_be_disabled(tmp_path, monkeypatch):

@@ -161,7 +161,18 @@ def _best(study: optuna.Study, rows: List[Dict[str, Any]], run_dir: Optional[Pat
             "details": details,
             "confusion_matrix": {"split": details["split"], "labels": details.get("labels") or classes,
                                  "matrix": matrix} if matrix else None,
-            "model_dir": model_dir}
+            "model_dir": model_dir,
+            "refit": _refit(study, run_dir)}
+
+
+def _refit(study: optuna.Study, run_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """The refit of the best trial on train + validation (``--refit``), when it is still current."""
+    from ..refit import REFIT_ATTR, stored_refit
+
+    if run_dir is not None:
+        return stored_refit(study, run_dir)
+    info = study.user_attrs.get(REFIT_ATTR)  # a stored study seen without its folder: what it recorded
+    return dict(info) if info else None
 
 
 def _by_backbone(records: List[TrialRecord], maximize: bool = True) -> Dict[str, Any]:

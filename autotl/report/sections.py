@@ -141,6 +141,12 @@ def _best(facts: Mapping[str, Any]) -> Section:
     else:
         rows.append(["test", "no test split (or not scored yet)"])
     rows.append(["model", best["model_dir"] or "not on this machine (see the run folder's best/)"])
+    refit = best.get("refit")
+    if refit:
+        rows.append(["refit", f"trial {refit['trial']}'s setup on train + validation ({refit['train_images']} "
+                              f"images), {refit['epochs']} epochs"])
+        rows += [[f"refit test {k}", fmt_value(v)] for k, v in (refit.get("test") or {}).items()]
+        rows.append(["refit model", refit["model_dir"]])
     blocks: List[Tuple[str, Any]] = [("table", Table(["", ""], rows, id="best"))]
     selection = best.get("selection")
     if selection:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..fmt import text_table
+from ..fmt import fmt_value, text_table
 from .sections import fixed_text, gap_text, param_cell, param_columns
 
 
@@ -34,4 +34,10 @@ def format_leaderboard(facts: Mapping[str, Any], top: int = 10) -> str:
             lines.append(f"Selection rule: {best['selection']['rule']}")
         if best.get("model_dir"):
             lines.append(f"Model: {best['model_dir']}")
+        refit = best.get("refit")
+        if refit:
+            scores = ", ".join(f"test {k} {fmt_value(v)}" for k, v in (refit.get("test") or {}).items()
+                               if not isinstance(v, (list, dict)))
+            lines.append(f"Refit on train + val ({refit['epochs']} epochs): {scores or 'no test split'}; "
+                         f"model {refit['model_dir']}")
     return "\n".join(lines)

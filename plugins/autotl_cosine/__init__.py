@@ -68,4 +68,6 @@ def autotl_register_target_adapters(register):
         # Not a plain timm network, so best/ is format "autotl" and is rebuilt through this plugin.
         exports_plain_timm=False,
         description="cosine-similarity classifier with a learnable scale",
+        # What trains, in a few words, for `autotl adapters` (unfrozen: above the freeze depth).
+        trains="cosine head + unfrozen backbone",
     ))

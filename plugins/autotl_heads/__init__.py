@@ -64,9 +64,11 @@ def autotl_register_target_adapters(register):
     register(TargetAdapter(
         name="linear", attach=attach_linear, space={}, exports_plain_timm=True,
         description="the source classifier replaced by a linear layer",
+        trains="linear head + unfrozen backbone",
     ))
     register(TargetAdapter(
         name="mlp", attach=attach_mlp, exports_plain_timm=False,
         space={"hidden": {"choices": [256, 512]}, "dropout": {"low": 0.0, "high": 0.5}},
         description="a two-layer MLP head (Linear, GELU, Dropout, Linear)",
+        trains="MLP head + unfrozen backbone",
     ))

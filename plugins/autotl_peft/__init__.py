@@ -116,9 +116,11 @@ def autotl_register_target_adapters(register):
         trains_backbone=_no_backbone,
         merge=merge_lora, exports_as="linear", exports_plain_timm=True,
         description="LoRA on the backbone's attention/MLP/conv layers plus a linear head; merged for export",
+        trains="LoRA matrices + linear head",
     ))
     register(TargetAdapter(
         name="bitfit", attach=attach_linear, space={}, exports_plain_timm=True,
         trains_backbone=_biases_only,
         description="a linear head, and of the backbone only the biases train (BitFit)",
+        trains="backbone biases + linear head",
     ))
