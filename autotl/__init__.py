@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__", "hookimpl", "SourceModel", "TargetAdapter", "DatasetSource", "PluginSettings",
-    "TrialRecord", "RunResult", "search", "pretrain", "predict", "get_plugin_manager",
+    "TrialRecord", "RunResult", "search", "pretrain", "predict", "export_model", "refit_run", "get_plugin_manager",
     "AutotlError", "UsageError", "ConfigError", "SpaceError", "DataError", "PluginError", "RegistryError",
     "TrialError", "BuildError", "ModelError", "AutotlWarning", "read_weights",
 ]
@@ -44,6 +44,23 @@ def predict(model_dir: str, images: Any, **options: Any) -> Any:
     """Predict with a saved best model; see :func:`autotl.api.predict`."""
     from .api import predict as _predict
     return _predict(model_dir, images, **options)
+
+
+def export_model(model_dir: str, **options: Any) -> Any:
+    """Export a saved best model to ONNX and check it against PyTorch; see :func:`autotl.api.export`.
+
+    Not named ``export``: that is the submodule ``autotl.export``, which replaces a package
+    attribute of the same name as soon as it is imported."""
+    from .api import export as _export
+    return _export(model_dir, **options)
+
+
+def refit_run(run_dir: str, **options: Any) -> Any:
+    """Train a finished search's best setup on train + validation; see :func:`autotl.api.refit`
+    (``search(..., refit=True)`` does it at the end of a search). Not named ``refit``: that is the
+    submodule ``autotl.refit``."""
+    from .api import refit as _refit
+    return _refit(run_dir, **options)
 
 
 def get_plugin_manager(*args: Any, **kwargs: Any) -> Any:

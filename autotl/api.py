@@ -82,15 +82,95 @@ def list_backbones(plugins: Any) -> List[Dict[str, Any]]:
     return rows
 
 
+def list_adapters(plugins: Any) -> List[Dict[str, Any]]:
+    """Each registered target adapter with its plugin, its knobs (``params``: the space fragment it
+    searches; ``knobs``: the same in one line), what trains (``trains``, ``?`` when the adapter does not
+    say), how ``best/`` exports, what it requires and its description."""
+    rows = []
+    for name, adapter in plugins.adapters.items():
+        target = adapter
+        if adapter.merge is not None and adapter.exports_as in plugins.adapters:
+            target = plugins.adapters.get(adapter.exports_as)
+        export = "plain timm" if target.exports_plain_timm else "autotl"
+        rows.append({"name": name, "plugin": plugins.adapters.owner(name), "params": dict(adapter.space),
+                     "knobs": knobs_text(adapter.space), "trains": adapter.trains or "?",
+                     "export": f"merged, {export}" if adapter.merge is not None else export,
+                     "requires": list(adapter.requires), "description": adapter.description})
+    return rows
+
+
+def knobs_text(space: Any) -> str:
+    """An adapter's knobs in one line, as the user guide writes them: ``rank {4, 8, 16}`` for choices,
+    ``dropout [0.0, 0.5]`` for a range (``log``, ``step`` when set), ``init_scale = 10.0`` when fixed;
+    ``none`` without knobs."""
+    def value(v: Any) -> str:
+        return str(v) if isinstance(v, (str, int, float, bool)) or v is None else repr(v)
+
+    parts = []
+    for knob, spec in dict(space or {}).items():
+        if isinstance(spec, dict) and "choices" in spec:
+            text = f"{knob} {{{', '.join(value(c) for c in spec['choices'])}}}"
+        elif isinstance(spec, dict) and "low" in spec:
+            text = f"{knob} [{value(spec['low'])}, {value(spec.get('high'))}]"
+            text += " log" if spec.get("log") else ""
+            text += f" step {value(spec['step'])}" if spec.get("step") else ""
+        elif isinstance(spec, dict) and "value" in spec:
+            text = f"{knob} = {value(spec['value'])}"
+        else:
+            text = f"{knob} = {value(spec)}"
+        if isinstance(spec, dict) and spec.get("when"):
+            text += " when " + ", ".join(f"{k}={value(v)}" for k, v in dict(spec["when"]).items())
+        parts.append(text)
+    return "; ".join(parts) or "none"
+
+
 def predict(model_dir: str, images: Sequence[str], *, out: Optional[str] = None, device: str = "auto",
             plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None,
             blocked: Sequence[str] = ()) -> List[Dict[str, Any]]:
     """Predict images with a run folder's (or model folder's) best model; see :func:`autotl.export.predict`."""
     from .export import predict as _predict, read_config
+    from .onnx_export import onnx_model_file
 
+    if onnx_model_file(model_dir) is not None:  # an ONNX export: onnxruntime, no plugins needed
+        return _predict(model_dir, images, device=device, out=out)
     _, config = read_config(model_dir)
     loaded = None if config.get("format") == "timm" else load_plugins(plugins, plugins_dir, zoo, blocked)
     return _predict(model_dir, images, plugins=loaded, device=device, out=out)
+
+
+def refit(run_dir: str, *, data: Optional[str] = None, storage: Optional[str] = None, device: str = "auto",
+          plugins: Sequence[str] = (), plugins_dir: Optional[str] = None, zoo: Optional[str] = None,
+          blocked: Sequence[str] = ()) -> Dict[str, Any]:
+    """Train a finished search's best setup on train + validation into ``RUN/refit/``; see
+    :func:`autotl.refit.refit_run`. Returns the facts ``summary.json`` records under ``refit``."""
+    from .refit import refit_run
+
+    return refit_run(run_dir, data=data, storage=storage, device=device, plugins=tuple(plugins),
+                     plugins_dir=plugins_dir, zoo=zoo, blocked_plugins=tuple(blocked))
+
+
+EXPORT_FORMATS = ("onnx",)
+
+
+def export(model_dir: str, *, out: str, format: str = "onnx", images: Optional[Sequence[str]] = None,
+           tolerance: float = 1e-3, plugins: Sequence[str] = (), plugins_dir: Optional[str] = None,
+           zoo: Optional[str] = None, blocked: Sequence[str] = ()) -> Dict[str, Any]:
+    """Export a run folder's (or model folder's) best model for serving, and check it against PyTorch.
+
+    Only ``format="onnx"`` exists: ``out/model.onnx`` + ``config.json`` + ``export.json`` (the
+    parity figures); see :func:`autotl.onnx_export.export_onnx`. ``images`` (files or folders) are
+    what parity is checked on; by default the run's test split. Returns what ``export.json`` holds.
+    """
+    from .errors import UsageError
+    from .export import read_config
+    from .onnx_export import export_onnx
+
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"--format {format!r} is not a format autotl exports to",
+                         f"use --format {' or '.join(EXPORT_FORMATS)}")
+    _, config = read_config(model_dir)
+    loaded = None if config.get("format") == "timm" else load_plugins(plugins, plugins_dir, zoo, blocked)
+    return export_onnx(model_dir, out, images=images, tolerance=tolerance, plugins=loaded)
 
 
 def pretrain(data: str, *, backbone: str, out: str, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
@@ -104,4 +184,4 @@ def pretrain(data: str, *, backbone: str, out: str, epochs: int = 10, lr: float 
                            seed=seed, device=device)
 
 
-__all__ = ["search", "run_search", "predict", "pretrain", "list_backbones", "load_plugins"]
+__all__ = ["search", "run_search", "predict", "export", "pretrain", "list_backbones", "list_adapters", "load_plugins"]

@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soup", type=_non_negative_int, default=5, metavar="K",
                    help="greedy soup: average the best of the K top trials that share the winner's backbone and "
                         "adapter into best/ when that scores higher on validation (default 5; 0 turns it off)")
+    s.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+                   help="after the search, train the best setup again on train + validation for the epochs it "
+                        "selected, into refit/ beside best/, and score it on the test split (default: off)")
     s.add_argument("--default-trials", type=_non_negative_int, default=None, metavar="K",
                    help="first trials: the default recipe on the K leading backbones (default: the space's "
                         "default_trials, else 3; 0 disables)")
@@ -143,13 +146,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
 
+    rf = sub.add_parser("refit", parents=[common], help="train a finished search's best setup on train + validation",
+                        description="Train the best trial's setup again on train + validation, with its seed and "
+                                    "schedule, for the epochs the search selected; write RUN/refit/ and its test "
+                                    "score to summary.json and the report.")
+    rf.add_argument("run_dir", metavar="RUN")
+    rf.add_argument("--data", help="where the search's data is now (default: the path it recorded)")
+    rf.add_argument("--storage", help="the search's storage URL, when it is not the run folder's journal")
+    rf.add_argument("--device", default="auto")
+
     r = sub.add_parser("predict", parents=[common], help="predict images with a saved best model")
     r.add_argument("model", metavar="RUN_OR_MODEL_DIR")
     r.add_argument("images", nargs="+", metavar="IMAGES")
     r.add_argument("--out", metavar="preds.csv", help="write predictions to a CSV (default: print)")
     r.add_argument("--device", default="auto")
 
+    x = sub.add_parser("export", parents=[common], help="export a saved best model to ONNX, checked against PyTorch",
+                       description="Write DIR/model.onnx (the task's outputs, fp32, dynamic batch), config.json and "
+                                   "export.json: onnxruntime against PyTorch on up to 100 held-out images at batch "
+                                   "sizes 1, 2, 5 and all. A difference above --tolerance is an error.")
+    x.add_argument("model", metavar="RUN_OR_MODEL_DIR")
+    x.add_argument("--format", default="onnx", help="the export format: onnx (the default and only one)")
+    x.add_argument("--out", required=True, metavar="DIR", help="folder for model.onnx, config.json and export.json")
+    x.add_argument("--images", nargs="+", metavar="PATH", help="images (files or folders) to check parity on "
+                                                               "(default: the run's test split)")
+    x.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest absolute difference in outputs that passes (default 1e-3)")
+
     sub.add_parser("backbones", parents=[common], help="list registered source models")
+    sub.add_parser("adapters", parents=[common], help="list registered target adapters, their knobs and what trains")
     sub.add_parser("plugins", parents=[common], help="list loaded plugins and the hooks they implement")
     return parser
 
@@ -174,6 +199,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     data_path=args.data_path, resident_mb=args.resident_mb, data_cache=args.data_cache,
                     default_trials=args.default_trials, workers=args.workers, devices=args.devices,
                     artifacts=args.artifacts, checkpoint_mb=args.checkpoint_mb, keep_top=args.keep_top, soup=args.soup,
+                    refit=args.refit,
                     rank=args.rank, preselect=args.preselect,
                     warm_start=args.warm_start,
                     blocked_plugins=tuple(args.block_plugin), progress=make_progress(sys.stdout, quiet=args.quiet),
@@ -226,6 +252,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refit(args: argparse.Namespace) -> int:
+    from .api import refit
+
+    info = refit(args.run_dir, data=args.data, storage=args.storage, device=args.device,
+                 **_plugin_and_block_kwargs(args))
+    scores = ", ".join(f"test {k} {v:.4f}" for k, v in (info["test"] or {}).items() if isinstance(v, (int, float)))
+    print(f"refit trial {info['trial']}'s setup on {info['train_images']} images for {info['epochs']} epochs: "
+          f"{scores or 'no test split'}")
+    print(f"Model: {info['model_dir']}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .api import predict
 
@@ -235,6 +273,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         shown = [k for k in ("path", "label", "confidence", "labels", "prediction") if rows and k in rows[0]]
         print(text_table([[r[k] for k in shown] for r in rows], shown))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import export
+
+    info = export(args.model, out=args.out, format=args.format, images=args.images, tolerance=args.tolerance,
+                  **_plugin_and_block_kwargs(args))
+    agreement = "" if info["top1_agreement"] is None else f", top-1 agreement {info['top1_agreement']:.1%}"
+    print(f"exported {info['exported_from']} to {info['model']} (opset {info['opset']})")
+    print(f"parity on {info['images']} image(s) ({info['image_source']}), batch sizes "
+          f"{', '.join(map(str, info['batch_sizes_checked']))}: max abs diff {info['max_abs_diff']:.2e} "
+          f"(tolerance {info['tolerance']:g}){agreement}")
+    print(f"wrote {os.path.join(args.out, 'config.json')} and {os.path.join(args.out, 'export.json')}")
     return 0
 
 
@@ -249,6 +301,15 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from .api import list_adapters, load_plugins
+
+    rows = list_adapters(load_plugins(args.plugin, args.plugins_dir, args.zoo, args.block_plugin))
+    print(text_table([[r["name"], r["plugin"], r["knobs"], r["trains"], r["export"]] for r in rows],
+                     ["name", "plugin", "knobs", "trains", "export"]))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .api import load_plugins
 
@@ -258,7 +319,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "report": cmd_report, "rank": cmd_rank, "pretrain": cmd_pretrain, "predict": cmd_predict, "backbones": cmd_backbones,
+COMMANDS = {"refit": cmd_refit, "search": cmd_search, "report": cmd_report, "rank": cmd_rank, "pretrain": cmd_pretrain, "predict": cmd_predict, "export": cmd_export, "backbones": cmd_backbones, "adapters": cmd_adapters,
             "plugins": cmd_plugins}
 
 

@@ -24,6 +24,7 @@ from .types import SourceModel, TargetAdapter
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"  # how to rebuild the model
 BEST_DIR = "best"  # a run folder's model: <run>/best/ (autotl.bestmodel decides what it holds)
+PLUGINS_KEY = "plugins"  # in a format "autotl" config.json: which plugin registered the source model and adapter
 
 
 def model_lock(folder: Path) -> Path:
@@ -55,11 +56,12 @@ def _plain_timm_shapes(architecture: str, num_classes: int, model_kwargs: Mappin
     return _PLAIN_SHAPES[key]
 
 
-def _loads_into_plain_timm(source: SourceModel, num_classes: int, state: Mapping[str, torch.Tensor]) -> bool:
+def _loads_into_plain_timm(architecture: Optional[str], model_kwargs: Mapping[str, Any], num_classes: int,
+                           state: Mapping[str, torch.Tensor]) -> bool:
     """Whether ``state`` would load strictly into plain timm: the same keys with the same shapes."""
-    if not source.architecture:
+    if not architecture:
         return False
-    shapes = _plain_timm_shapes(source.architecture, num_classes, source.model_kwargs)
+    shapes = _plain_timm_shapes(architecture, num_classes, model_kwargs)
     if shapes is None or set(shapes) != set(state):
         return False
     return all(hasattr(v, "shape") and tuple(v.shape) == shapes[k] for k, v in state.items())
@@ -84,15 +86,24 @@ def merged_for_export(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
 
 def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: SourceModel, adapter: TargetAdapter,
                adapter_params: Mapping[str, Any], classes: Sequence[str], data_config: Mapping[str, Any],
-               extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Write weights and config to ``directory``, replacing what was there in one step."""
+               extra: Optional[Mapping[str, Any]] = None, architecture: Optional[str] = None,
+               plugins: Any = None) -> Dict[str, Any]:
+    """Write weights and config to ``directory``, replacing what was there in one step.
+
+    ``architecture``: the timm architecture found on the trained network
+    (:func:`autotl.model.timm_architecture`) when the source does not name one, so a plugin's timm network
+    still exports as plain timm and predicts without the plugin. ``plugins``: the loaded plugins; a
+    ``format: "autotl"`` export records which plugin registered its source model and adapter and how it
+    was loaded, so :func:`load_model` can say what to pass when it is missing.
+    """
     from safetensors.torch import save_file
 
     num_classes = len(classes)
-    plain = adapter.exports_plain_timm and _loads_into_plain_timm(source, num_classes, state)
+    architecture = source.architecture or architecture
+    plain = adapter.exports_plain_timm and _loads_into_plain_timm(architecture, source.model_kwargs, num_classes, state)
     config: Dict[str, Any] = {
         "format": "timm" if plain else "autotl",
-        "architecture": source.architecture,
+        "architecture": architecture,
         "model_kwargs": dict(source.model_kwargs),
         "num_classes": num_classes,
         "classes": list(classes),
@@ -104,11 +115,17 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
     }
     if plain:
         kw = "".join(f", {k}={v!r}" for k, v in source.model_kwargs.items())
-        config["load"] = (f"import timm, safetensors.torch; model = timm.create_model({source.architecture!r}, "
+        config["load"] = (f"import timm, safetensors.torch; model = timm.create_model({architecture!r}, "
                           f"num_classes={num_classes}{kw}); model.load_state_dict(safetensors.torch.load_file("
                           f"'{WEIGHTS_NAME}'))")
     else:
-        config["load"] = f"autotl predict {directory} IMAGES... (needs the plugin that registers {source.name!r})"
+        if hasattr(plugins, "provenance"):
+            config[PLUGINS_KEY] = {kind: plugins.provenance(registry, name) for kind, registry, name in
+                                   (("source_model", plugins.sources, source.name),
+                                    ("adapter", plugins.adapters, adapter.name)) if name in registry}
+        flags = " ".join(dict.fromkeys(f for f in (_load_flag(r) for r in config.get(PLUGINS_KEY, {}).values()) if f))
+        config["load"] = (f"autotl predict {directory} IMAGES... {flags}" if flags else
+                          f"autotl predict {directory} IMAGES... (needs the plugin that registers {source.name!r})")
     target = Path(directory)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,6 +143,42 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
         os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return config
+
+
+def _load_flag(record: Mapping[str, Any]) -> Optional[str]:
+    """The flag that loads a recorded plugin again (None for a built-in plugin or an entry point,
+    which load by themselves)."""
+    if record.get("from") in ("--plugin", "--plugins-dir") and record.get("value"):
+        return f"{record['from']} {record['value']}"
+    return None
+
+
+def _missing_plugin(folder: Path, config: Mapping[str, Any], kind: str, name: str) -> ModelError:
+    """A one-line error for a ``format: "autotl"`` model whose source model or adapter no loaded plugin
+    registers: what the model needs, from which plugin, and the flag to pass. The plugin recorded in
+    ``config.json`` is only named, never imported: a run folder from elsewhere must not run code."""
+    label = "source model" if kind == "source_model" else "target adapter"
+    record = (config.get(PLUGINS_KEY) or {}).get(kind)
+    if not isinstance(record, Mapping) or not record.get("plugin"):
+        return ModelError(f"model in {folder} needs {label} {name!r}, which no loaded plugin registers",
+                          "rerun with --plugin PATH_OR_MODULE naming the plugin that registers it")
+    plugin, origin, value = record["plugin"], record.get("from"), record.get("value")
+    flag = _load_flag(record)
+    if flag:
+        return ModelError(f"model in {folder} needs {label} {name!r} from plugin {plugin!r} (loaded with {flag})",
+                          f"rerun with {flag}")
+    if origin == "entry point":
+        package = f" (package {record['package']!r})" if record.get("package") else ""
+        return ModelError(f"model in {folder} needs {label} {name!r} from plugin {plugin!r}, an installed entry "
+                          f"point{package} that is not installed or not loaded here",
+                          f"install it{package}, unset AUTOTL_DISABLE_PLUGIN_AUTOLOAD, or rerun with --plugin "
+                          f"{str(value).split(':', 1)[0] if value else 'PATH_OR_MODULE'}")
+    if origin == "built-in":
+        return ModelError(f"model in {folder} needs {label} {name!r} from the built-in plugin {plugin!r}, which is "
+                          "not loaded or no longer registers it",
+                          f"do not pass --block-plugin {plugin}, or use the autotl version that wrote the model")
+    return ModelError(f"model in {folder} needs {label} {name!r} from plugin {plugin!r}, which is not loaded",
+                      f"rerun with --plugin PATH_OR_MODULE naming plugin {plugin!r}")
 
 
 def model_folder(model_dir: str) -> Path:
@@ -163,7 +216,9 @@ def read_config(model_dir: str) -> Tuple[Path, Dict[str, Any]]:
 def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """Rebuild the saved model and load its weights (through safetensors only). The config and the
     weights are read under the folder's lock, so both come from the same model even while another
-    worker replaces it."""
+    worker replaces it. A ``format: "autotl"`` model whose plugin is not among ``plugins`` raises a
+    ModelError naming that plugin and the flag that loads it; the plugin path the folder records is
+    never imported, since a run folder may come from anywhere."""
     from .checkpoints import read_weights
 
     folder = model_folder(model_dir)
@@ -178,6 +233,9 @@ def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Di
         if plugins is None:
             from .plugins import get_plugin_manager
             plugins = get_plugin_manager()
+        for kind, registry in (("source_model", plugins.sources), ("adapter", plugins.adapters)):
+            if config.get(kind) not in registry:
+                raise _missing_plugin(folder, config, kind, str(config.get(kind)))
         source = plugins.sources.get(config["source_model"])
         adapter = plugins.adapters.get(config["adapter"])
         net = (source.build_untrained or source.build)()
@@ -200,18 +258,33 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     ``confidence`` and one ``p_<class>`` column per class; multilabel ``labels`` (the labels at or
     above the threshold, joined by ``;``) and one ``p_<label>`` column per label; regression
     ``prediction``.
+
+    ``model_dir`` may also be an ONNX export (``model.onnx``, or the folder ``autotl export``
+    wrote): it then runs through onnxruntime (:mod:`autotl.onnx_export`), with the same rows.
     """
-    from .data import LABEL_SEPARATOR
-    from .modality import IMAGE, UNREADABLE
+    from .onnx_export import onnx_model_file, predict_onnx
     from .tasks import task_from_config
-    from .tensors import to_tensors
     from .trainer import predict_outputs, resolve_device
 
+    if onnx_model_file(model_dir) is not None:
+        return predict_onnx(model_dir, images, device=device, out=out)
     module, config = load_model(model_dir, plugins)
-    task = task_from_config(config)
     paths = _expand_images(images)
+    data = image_tensors(paths, config)
+    dev = resolve_device(device)
+    outputs = predict_outputs(module.to(dev), data, dev, task_from_config(config))
+    return prediction_rows(paths, outputs, config, out=out)
+
+
+def image_tensors(items: Sequence[Any], config: Mapping[str, Any]) -> Any:
+    """``items`` (image paths, or in-memory images) preprocessed as the saved model expects: its
+    ``config["data_config"]``, as :func:`autotl.tensors.to_tensors` does it for the search. Shared by
+    the PyTorch and the ONNX paths so both see exactly the same inputs."""
+    from .modality import IMAGE, UNREADABLE
+    from .tensors import to_tensors
+
     bad = []
-    for p in paths:
+    for p in items:
         try:
             IMAGE.probe(p)
         except UNREADABLE:
@@ -219,11 +292,19 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     if bad:
         raise ModelError(f"cannot read {len(bad)} image(s), e.g. {bad[0]}", "pass readable image files")
     try:
-        data = to_tensors(paths, np.zeros(len(paths), dtype=np.int64), config["data_config"])
+        return to_tensors(list(items), np.zeros(len(items), dtype=np.int64), config["data_config"])
     except DataError as exc:
         raise ModelError(exc.what, "pass readable image files") from exc
-    dev = resolve_device(device)
-    outputs = predict_outputs(module.to(dev), data, dev, task)
+
+
+def prediction_rows(paths: Sequence[str], outputs: np.ndarray, config: Mapping[str, Any],
+                    out: Optional[str] = None) -> List[Dict[str, Any]]:
+    """One row per image from the task's outputs (see :func:`predict` for the columns); optionally
+    written to the CSV ``out``. Shared by the PyTorch and the ONNX paths so their rows agree."""
+    from .data import LABEL_SEPARATOR
+    from .tasks import task_from_config
+
+    task = task_from_config(config)
     classes = config["classes"]
     rows = []
     for p, row in zip(paths, outputs):
