@@ -15,16 +15,17 @@ from typing import Any
 from .checkpoints import read_weights
 from .errors import (AutotlError, AutotlWarning, BuildError, ConfigError, DataError, ModelError, PluginError, RegistryError,
                      SpaceError, TrialError, UsageError)
+from .heads import PLAIN_HEAD
 from .hookspecs import hookimpl
 from .types import DatasetSource, PluginSettings, RunResult, SourceModel, TargetAdapter, TrialRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "hookimpl", "SourceModel", "TargetAdapter", "DatasetSource", "PluginSettings",
+    "__version__", "hookimpl", "SourceModel", "TargetAdapter", "PLAIN_HEAD", "DatasetSource", "PluginSettings",
     "TrialRecord", "RunResult", "search", "pretrain", "predict", "export_model", "refit_run", "get_plugin_manager",
     "AutotlError", "UsageError", "ConfigError", "SpaceError", "DataError", "PluginError", "RegistryError",
-    "TrialError", "BuildError", "ModelError", "AutotlWarning", "read_weights",
+    "TrialError", "BuildError", "ModelError", "AutotlWarning", "read_weights", "register_modality",
 ]
 
 
@@ -61,6 +62,14 @@ def refit_run(run_dir: str, **options: Any) -> Any:
     submodule ``autotl.refit``."""
     from .api import refit as _refit
     return _refit(run_dir, **options)
+
+
+def register_modality(modality: Any) -> Any:
+    """Make an input modality (see :class:`autotl.modality.Modality`) available to the data path under
+    its ``name``; a source model selects it with ``data_config["modality"]``. Call it from a plugin's
+    registration hook, never at import time. Imported lazily: torch loads only when a plugin calls it."""
+    from .modality import register_modality as _register
+    return _register(modality)
 
 
 def get_plugin_manager(*args: Any, **kwargs: Any) -> Any:

@@ -56,17 +56,20 @@ def rank(data: str, *, backbones: Any = None, space: str = "default", out: Optio
     from .config import dataset_label
     from .data import load_dataset
     from .errors import DataError
+    from .heads import plain_head_adapter
     from .ranking import rank_sources, write_ranking
     from .space import load_space_file, resolve_space
     from .trainer import resolve_device
 
     loaded = load_plugins(plugins, plugins_dir, zoo, blocked)
+    plain_head_adapter(loaded, "ranking")  # before the data loads and the space's own adapter check
     globs = tuple(b.strip() for b in backbones.split(",")) if isinstance(backbones, str) else backbones
     dataset = load_dataset(data, loaded, seed=seed)
     if dataset.task != "multiclass":
         raise DataError(f"ranking needs class labels; {data!r} is a {dataset.task} task",
                         "rank with a multiclass version of the data, or search without ranking")
-    resolved = resolve_space(load_space_file(space), loaded, globs, None, task=dataset.task)
+    resolved = resolve_space(load_space_file(space), loaded, globs, None, task=dataset.task,
+                             modality=dataset.modality)
     result = rank_sources(loaded, dataset, resolved.backbones, resolve_device(device))
     return result, write_ranking(result, Path(out) if out else Path("runs") / f"rank-{dataset_label(data)}")
 
@@ -86,11 +89,17 @@ def list_adapters(plugins: Any) -> List[Dict[str, Any]]:
     """Each registered target adapter with its plugin, its knobs (``params``: the space fragment it
     searches; ``knobs``: the same in one line), what trains (``trains``, ``?`` when the adapter does not
     say), how ``best/`` exports, what it requires and its description."""
+    from .errors import PluginError
+    from .heads import export_target
+
     rows = []
     for name, adapter in plugins.adapters.items():
         target = adapter
-        if adapter.merge is not None and adapter.exports_as in plugins.adapters:
-            target = plugins.adapters.get(adapter.exports_as)
+        if adapter.merge is not None:
+            try:
+                target = export_target(adapter, plugins) or adapter
+            except PluginError:  # listed anyway; a search with it stops before training
+                pass
         export = "plain timm" if target.exports_plain_timm else "autotl"
         rows.append({"name": name, "plugin": plugins.adapters.owner(name), "params": dict(adapter.space),
                      "knobs": knobs_text(adapter.space), "trains": adapter.trains or "?",

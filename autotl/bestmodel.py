@@ -89,7 +89,7 @@ def offer(ctx: Any, number: int, value: float, params: Any, model: Any, state: M
         if not (is_best or in_top):
             return False
         state, adapter, adapter_params = merged_for_export(model.module, state, ctx.plugins.adapters.get(params.adapter),
-                                                           ctx.plugins.adapters, params.adapter_params)
+                                                           ctx.plugins, params.adapter_params)
         write = model_write_args(ctx, params, model, adapter, adapter_params, number=number, value=value)
         if in_top:
             save_model(str(ctx.artifacts / TOP_DIR / f"trial-{number}"), state, **write)

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from . import __version__
 from .errors import AutotlError, UsageError
@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soup", type=_non_negative_int, default=5, metavar="K",
                    help="greedy soup: average the best of the K top trials that share the winner's backbone and "
                         "adapter into best/ when that scores higher on validation (default 5; 0 turns it off)")
-    s.add_argument("--refit", action=argparse.BooleanOptionalAction, default=False,
+    s.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                    help="after the search, train the best setup again on train + validation for the epochs it "
-                        "selected, into refit/ beside best/, and score it on the test split (default: off)")
+                        "selected, into refit/ beside best/, and score it on the test split (default: on; "
+                        "--no-refit skips it)")
     s.add_argument("--default-trials", type=_non_negative_int, default=None, metavar="K",
                    help="first trials: the default recipe on the K leading backbones (default: the space's "
                         "default_trials, else 3; 0 disables)")
@@ -155,9 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--storage", help="the search's storage URL, when it is not the run folder's journal")
     rf.add_argument("--device", default="auto")
 
-    r = sub.add_parser("predict", parents=[common], help="predict images with a saved best model")
+    r = sub.add_parser("predict", parents=[common], help="predict images (or texts) with a saved best model")
     r.add_argument("model", metavar="RUN_OR_MODEL_DIR")
-    r.add_argument("images", nargs="+", metavar="IMAGES")
+    r.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files or folders; for a text model, CSV files with a text column")
     r.add_argument("--out", metavar="preds.csv", help="write predictions to a CSV (default: print)")
     r.add_argument("--device", default="auto")
 
@@ -271,7 +273,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {len(rows)} predictions to {args.out}")
     else:
-        shown = [k for k in ("path", "label", "confidence", "labels", "prediction") if rows and k in rows[0]]
+        shown = [k for k in ("path", "row", "label", "confidence", "labels", "prediction") if rows and k in rows[0]]
         print(text_table([[r[k] for k in shown] for r in rows], shown))
     return 0
 
@@ -290,12 +292,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_text(size: Any) -> str:
+    """A source's input size for the listing: ``224x224`` for an image (C, H, W), ``128 tokens`` for a
+    sequence (its max length), ``?`` when unknown."""
+    if not size:
+        return "?"
+    if len(size) == 1:
+        return f"{size[0]} tokens"
+    return "x".join(map(str, size[1:]))
+
+
 def cmd_backbones(args: argparse.Namespace) -> int:
     from .api import list_backbones, load_plugins
 
     rows = list_backbones(load_plugins(args.plugin, args.plugins_dir, args.zoo, args.block_plugin))
     print(text_table([[r["name"], r["plugin"], f"{r['params'] / 1e6:.2f}M" if r["params"] else "?",
-                   "x".join(map(str, r["input_size"][1:])) if r.get("input_size") else "?", r["layer_groups"],
+                   _input_text(r.get("input_size")), r["layer_groups"],
                    r["description"]] for r in rows],
                  ["name", "plugin", "params", "input", "groups", "description"]))
     return 0

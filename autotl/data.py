@@ -1,8 +1,10 @@
-"""Dataset sources -> labelled train/val/test splits of items (file paths or in-memory samples).
+"""Dataset sources -> labelled train/val/test splits of items (file paths, texts or in-memory samples).
 
 Sources: an ImageFolder tree (class subfolders, or ``train/``, ``val/``, ``test/`` split folders
 that each hold class subfolders), a CSV with ``path,label`` (and optional ``split``) columns,
-or ``builtin:NAME`` from a dataset plugin. Without a val split, a stratified split of train is
+a CSV with ``text,label[,split]`` columns (a text dataset: its items are the strings), or
+``builtin:NAME`` from a dataset plugin. Either CSV takes ``labels`` (multilabel) or ``target``
+(regression) instead of ``label``. Without a val split, a stratified split of train is
 drawn with a fixed seed. Nothing is decoded here: each item's header is checked (an unreadable
 one is skipped and counted), and the data path (:mod:`autotl.tensors`) decodes items when a
 trial first needs them, at the size the trial's source needs.
@@ -38,6 +40,7 @@ class SampleSet:
     labels: np.ndarray
     paths: Tuple[str, ...]
     digest: str = ""
+    modality: str = "image"  # the kind of item: "image" (files or in-memory images) or "text" (strings)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -60,11 +63,13 @@ class Dataset:
     val_from: str  # "given", "stratified" or "random"
     skipped: int
     task: str = "multiclass"  # labels: class indices (N,); multilabel: 0/1 (N, C); regression: floats (N,)
+    modality: str = "image"  # what the items are; a search uses only source models of this modality
 
     def describe(self) -> Dict[str, Any]:
         """JSON-able facts for summaries and reports."""
         facts: Dict[str, Any] = {
-            "name": self.name, "source": self.source, "task": self.task, "classes": list(self.classes),
+            "name": self.name, "source": self.source, "task": self.task, "modality": self.modality,
+            "classes": list(self.classes),
             "images": {s: (len(getattr(self, s)) if getattr(self, s) is not None else 0)
                        for s in ("train", "val", "test")},
             "val_from": self.val_from, "skipped": self.skipped,
@@ -93,12 +98,16 @@ def _probe_all(items: Sequence[Item], modality: Any) -> Tuple[List[Item], List[s
     return good, bad
 
 
-def items_digest(items: Sequence[Any]) -> str:
+def items_digest(items: Sequence[Any], modality: str = "image") -> str:
     """A hash naming the items' content: a file by its path, size and modification time; an
-    in-memory sample by its bytes."""
+    in-memory sample by its bytes; a text (``modality="text"``) by its characters."""
     h = hashlib.blake2b(digest_size=16)
     for item in items:
-        if isinstance(item, np.ndarray):
+        if modality == "text":
+            data = str(item).encode("utf-8", "surrogatepass")
+            h.update(f"t{len(data)}|".encode())
+            h.update(data)
+        elif isinstance(item, np.ndarray):
             h.update(f"a{item.dtype}{item.shape}".encode())
             h.update(np.ascontiguousarray(item).tobytes())
         elif hasattr(item, "tobytes") and hasattr(item, "mode"):  # a PIL image
@@ -148,21 +157,23 @@ TASK_COLUMNS = {"multilabel": "labels", "regression": "target", "multiclass": "l
 LABEL_SEPARATOR = ";"
 
 
-def _csv_task(path: Path, columns: Sequence[str], task: str) -> Tuple[str, str]:
-    """The task and the column holding its target."""
+def _csv_task(path: Path, columns: Sequence[str], task: str) -> Tuple[str, str, str]:
+    """The task, the column holding its target, and the column holding the inputs (``path`` for
+    image files, ``text`` for texts)."""
+    inputs = [c for c in ("path", "text") if c in columns]
+    if len(inputs) == 2:
+        raise DataError(f"{path.name} has both a path and a text column",
+                        "keep path (image files) or text (one text per row), not both")
     if task == "auto":
-        for name, column in TASK_COLUMNS.items():
-            if column in columns:
-                return name, column
-        task = "multiclass"
+        task = next((name for name, column in TASK_COLUMNS.items() if column in columns), "multiclass")
     candidates = [TASK_COLUMNS[task], *[c for c in TASK_COLUMNS.values() if c != TASK_COLUMNS[task]]]
     column = next((c for c in candidates if c in columns), None)
-    if "path" not in columns or column is None:
-        missing = [c for c in ("path", TASK_COLUMNS[task]) if c not in columns]
+    if not inputs or column is None:
+        missing = [c for c in ("path or text" if not inputs else "", TASK_COLUMNS[task] if column is None else "") if c]
         raise DataError(f"{path.name} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})",
-                        "give the CSV a header row with path and label (one class), labels (several, separated "
-                        "by ;) or target (a number), and optionally split")
-    return task, column
+                        "give the CSV a header row with path (image files) or text, and label (one class), labels "
+                        "(several, separated by ;) or target (a number), and optionally split")
+    return task, column, inputs[0]
 
 
 def _csv_target(task: str, value: str, where: str) -> Any:
@@ -182,29 +193,42 @@ def _csv_target(task: str, value: str, where: str) -> Any:
     return value
 
 
-def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], str]:
+def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], str, str]:
+    """The CSV's rows per split, its task, and its modality (``image`` for a path column, ``text``
+    for a text column)."""
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist", "check the path")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        task, column = _csv_task(path, columns, task)
+        task, column, source = _csv_task(path, columns, task)
         splits: Dict[str, List[Item]] = {}
         for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            if not row.get("path"):
-                raise DataError(f"{path.name} line {line}: empty path", "fill in the image path or drop the row")
-            target = _csv_target(task, row.get(column, ""), f"{path.name} line {line} ({row['path']!r})")
+            row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) or v is None else "" for k, v in row.items()}
+            if not row.get(source):
+                what = "image path" if source == "path" else "text"
+                raise DataError(f"{path.name} line {line}: empty {source}", f"fill in the {what} or drop the row")
+            shown = row["path"] if source == "path" else _short(row["text"])
+            target = _csv_target(task, row.get(column, ""), f"{path.name} line {line} ({shown!r})")
             split = (row.get("split") or "train").lower()
             canon = next((s for s, names in SPLIT_NAMES.items() if split in names), None)
             if canon is None:
                 raise DataError(f"{path.name} line {line}: unknown split {split!r}", "use train, val or test")
+            if source == "text":  # the text itself is the item; its row is what warnings show
+                splits.setdefault(canon, []).append((row["text"], target, f"{path.name} line {line}"))
+                continue
             img_path = Path(row["path"])
             img_path = img_path if img_path.is_absolute() else path.parent / img_path
             splits.setdefault(canon, []).append((img_path, target, str(img_path)))
     if not splits.get("train"):
         raise DataError(f"{path.name} has no training rows", "add rows (split empty or train)")
-    return splits, task
+    return splits, task, "image" if source == "path" else "text"
+
+
+def _short(text: str, width: int = 40) -> str:
+    """A text cut to ``width`` characters for an error line."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
@@ -220,7 +244,7 @@ def _builtin_splits(name: str, plugins: Any) -> Dict[str, List[Item]]:
             for split, rows in raw.items() if split in SPLIT_NAMES}
 
 
-def _sample_set(rows: Sequence[Item], index: Mapping[str, int], task: str) -> SampleSet:
+def _sample_set(rows: Sequence[Item], index: Mapping[str, int], task: str, modality: str = "image") -> SampleSet:
     if task == "regression":
         labels = np.array([r[1] for r in rows], dtype=np.float32)
     elif task == "multilabel":
@@ -230,7 +254,8 @@ def _sample_set(rows: Sequence[Item], index: Mapping[str, int], task: str) -> Sa
     else:
         labels = np.array([index[r[1]] for r in rows], dtype=np.int64)
     items = tuple(r[0] for r in rows)
-    return SampleSet(items=items, labels=labels, paths=tuple(r[2] for r in rows), digest=items_digest(items))
+    return SampleSet(items=items, labels=labels, paths=tuple(r[2] for r in rows), digest=items_digest(items, modality),
+                     modality=modality)
 
 
 def random_split(rows: Sequence[Tuple[Any, Any, str]], fraction: float, seed: int) -> Tuple[list, list]:
@@ -270,12 +295,15 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
     """Load ``spec`` (a folder, a ``.csv`` file or ``builtin:NAME``) into labelled splits.
 
     ``task`` is ``auto`` (a CSV's ``labels`` column means multilabel, ``target`` regression,
-    ``label`` multiclass; folders and builtins are multiclass), or one of those names.
+    ``label`` multiclass; folders and builtins are multiclass), or one of those names. A CSV with a
+    ``text`` column instead of ``path`` is a text dataset (``Dataset.modality == "text"``).
 
     Raises:
-        DataError: empty source, one class, a class too small to split, bad CSV columns,
-            missing labels or targets, or val/test labels that train lacks.
+        DataError: empty source, one class, a class too small to split, bad CSV columns (neither or
+            both of path and text), empty paths or texts, missing labels or targets, or val/test
+            labels that train lacks.
     """
+    modality = "image"
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if plugins is None:
@@ -283,7 +311,7 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
             plugins = get_plugin_manager()
         raw, label, found = _builtin_splits(name, plugins), name, "multiclass"
     elif spec.lower().endswith(".csv"):
-        (raw, found), label = _csv_splits(Path(spec), task), Path(spec).stem
+        (raw, found, modality), label = _csv_splits(Path(spec), task), Path(spec).stem
     else:
         raw, label, found = _folder_splits(Path(spec)), Path(spec).resolve().name, "multiclass"
     if task not in ("auto", found):
@@ -294,8 +322,8 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
 
     decoded: Dict[str, list] = {}
     skipped: List[str] = []
-    for split, items in raw.items():
-        decoded[split], bad = _probe_all(items, IMAGE)
+    for split, items in raw.items():  # texts were checked while reading: non-empty strings
+        decoded[split], bad = _probe_all(items, IMAGE) if modality == "image" else (list(items), [])
         skipped += bad
     if skipped:
         warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}",
@@ -316,10 +344,10 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
         train_rows, val_rows = random_split(decoded["train"], val_fraction, seed)
         val_from = "random"
     index = {c: i for i, c in enumerate(classes)}
-    test = _sample_set(decoded["test"], index, task) if decoded.get("test") else None
-    return Dataset(name=label, source=spec, classes=classes, train=_sample_set(train_rows, index, task),
-                   val=_sample_set(val_rows, index, task), test=test, val_from=val_from, skipped=len(skipped),
-                   task=task)
+    test = _sample_set(decoded["test"], index, task, modality) if decoded.get("test") else None
+    return Dataset(name=label, source=spec, classes=classes, train=_sample_set(train_rows, index, task, modality),
+                   val=_sample_set(val_rows, index, task, modality), test=test, val_from=val_from,
+                   skipped=len(skipped), task=task, modality=modality)
 
 
 def _label_names(task: str, rows: Sequence[Tuple[Any, Any, str]]) -> List[str]:
@@ -346,3 +374,31 @@ def _classes(spec: str, task: str, decoded: Mapping[str, list]) -> Tuple[str, ..
             raise DataError(f"the {split} split has label(s) the train split lacks: {', '.join(map(repr, unknown[:5]))}",
                             f"add training images for them or remove them from {split}")
     return classes
+
+
+def read_texts(path: str) -> List[Tuple[str, str]]:
+    """The texts of an unlabelled CSV with a ``text`` column (other columns are ignored), each with
+    its row as shown (``new.csv line 2``): what ``autotl predict`` reads for a text model.
+
+    Raises:
+        DataError: the file is missing or not a CSV with a ``text`` column, a text is empty, or it holds no rows.
+    """
+    file = Path(path)
+    if not file.is_file() or file.suffix.lower() != ".csv":
+        raise DataError(f"{path!r} is not a CSV file", "pass CSV files with a text column, one text per row")
+    with file.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [(c or "").strip() for c in (reader.fieldnames or [])]
+        if "text" not in columns:
+            raise DataError(f"{file.name} has no text column (found: {', '.join(columns) or 'none'})",
+                            "give the CSV a header row with a text column, one text per row")
+        out = []
+        for line, row in enumerate(reader, start=2):
+            text = next(((v or "").strip() for k, v in row.items() if (k or "").strip() == "text" and isinstance(v, str)), "")
+            if not text:
+                raise DataError(f"{file.name} line {line}: empty text", "fill in the text or drop the row")
+            out.append((text, f"{file.name} line {line}"))
+    if not out:
+        raise DataError(f"{file.name} has no rows", "add one text per row under the header")
+    return out
+

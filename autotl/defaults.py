@@ -69,7 +69,7 @@ def project_params(space: Space, backbone: str, wanted: Dict[str, Any]) -> Dict[
     """The Optuna params of a trial of ``space`` on ``backbone`` that comes as close as the space
     allows to ``wanted`` (knob values by plain or Optuna name; missing knobs take the recipe's)."""
     adapter = wanted.get("adapter") if wanted.get("adapter") in space.adapters else (
-        "linear" if "linear" in space.adapters else space.adapters[0])
+        space.plain_head or space.adapters[0])  # the recipe: a plain head when the space has one
     sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": space.task}
     out: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
     plain = {k.split("@", 1)[0]: v for k, v in wanted.items()}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 import optuna
 
 from .config import RunConfig
-from .errors import warn
+from .errors import AutotlError, warn
 from .types import RunResult, TrialRecord
 
 
@@ -69,7 +69,8 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     config = replace(config, study=config.study or previous_study(config))
     space_file = load_space_file(config.space)
     dataset = load_dataset(config.data, plugins, seed=config.seed, val_fraction=config.val_fraction, task=config.task)
-    space = resolve_space(space_file, plugins, config.backbones, config.epochs, task=dataset.task)
+    space = resolve_space(space_file, plugins, config.backbones, config.epochs, task=dataset.task,
+                          modality=dataset.modality)
     name = config.study_name()
     out_dir = config.out_dir(name)
     artifacts = Path(config.artifacts) if config.artifacts else out_dir
@@ -85,9 +86,17 @@ def prepare(config: RunConfig, *, device: Optional[str] = None, create: bool = T
     features = FeatureCache(config.feature_cache_mb, spill_dir=out_dir / "feature_cache") if config.feature_cache else None
     ranking = study_ranking(study)
     if ranking is None and create and config.rank and dataset.task == "multiclass" and len(space.backbones) > 1:
-        ranking = rank_sources(plugins, dataset, space.backbones, dev, tensors, features)
-        study.set_user_attr("ranking", ranking.as_dict())
-        write_ranking(ranking, out_dir)
+        from .heads import plain_head_adapter
+
+        try:
+            plain_head_adapter(plugins, "ranking")
+        except AutotlError as exc:  # ranking is only a prior: search unranked rather than not at all
+            warn(f"skipped ranking the backbones: {exc.what}", f"{exc.fix}; the search goes on unranked "
+                 "(--no-rank skips ranking)")
+        else:
+            ranking = rank_sources(plugins, dataset, space.backbones, dev, tensors, features)
+            study.set_user_attr("ranking", ranking.as_dict())
+            write_ranking(ranking, out_dir)
     if config.preselect and ranking is not None:
         space = dataclasses.replace(space, backbones=tuple(b for b in ranking.order if b in space.backbones)[
             :config.preselect])

@@ -73,15 +73,22 @@ def merged_for_export(module: torch.nn.Module, state: Mapping[str, torch.Tensor]
     """The weights to export, and the adapter (with its params) that rebuilds them.
 
     An adapter with ``merge`` (LoRA) is folded into plain layers first: ``module`` gets ``state``,
-    is merged, and the export names ``adapter.exports_as`` so no adapter code is needed later.
+    is merged, and the export names the adapter ``adapter.exports_as`` names (for
+    ``PLAIN_HEAD``: the registered plain head) so no adapter code is needed later. ``adapters``: the
+    adapter registry, or the loaded plugins, so that a missing one names the blocked plugins.
+
+    Raises:
+        PluginError: the adapter ``exports_as`` names is not registered (checked before merging).
     """
+    from .heads import export_target
+
     if adapter.merge is None:
         return dict(state), adapter, dict(adapter_params)
+    target = export_target(adapter, adapters)
     module.load_state_dict(state)
     merged = adapter.merge(module)
     plain = {k: v.detach().to("cpu", copy=True) for k, v in merged.state_dict().items()}
-    target = adapters.get(adapter.exports_as) if adapter.exports_as else adapter
-    return plain, target, ({} if adapter.exports_as else dict(adapter_params))
+    return plain, target or adapter, ({} if target else dict(adapter_params))
 
 
 def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: SourceModel, adapter: TargetAdapter,
@@ -124,8 +131,9 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
                                    (("source_model", plugins.sources, source.name),
                                     ("adapter", plugins.adapters, adapter.name)) if name in registry}
         flags = " ".join(dict.fromkeys(f for f in (_load_flag(r) for r in config.get(PLUGINS_KEY, {}).values()) if f))
-        config["load"] = (f"autotl predict {directory} IMAGES... {flags}" if flags else
-                          f"autotl predict {directory} IMAGES... (needs the plugin that registers {source.name!r})")
+        inputs = "IMAGES..." if (data_config or {}).get("modality", "image") == "image" else "INPUTS.csv..."
+        config["load"] = (f"autotl predict {directory} {inputs} {flags}" if flags else
+                          f"autotl predict {directory} {inputs} (needs the plugin that registers {source.name!r})")
     target = Path(directory)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -252,9 +260,11 @@ def load_model(model_dir: str, plugins: Any = None) -> Tuple[torch.nn.Module, Di
 
 def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, device: str = "auto",
             out: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Predict each image with the saved model; optionally write a CSV.
+    """Predict each input with the saved model; optionally write a CSV.
 
-    Each row has ``path``, then by task: multiclass ``label`` (the predicted class),
+    ``images``: image files or folders, or, for a model of another modality (text), CSV files with a
+    ``text`` column (one text per row; other columns are ignored). Each row has ``path`` (images) or
+    ``row`` and ``text`` (texts: the CSV line, and the text), then by task: multiclass ``label`` (the predicted class),
     ``confidence`` and one ``p_<class>`` column per class; multilabel ``labels`` (the labels at or
     above the threshold, joined by ``;``) and one ``p_<label>`` column per label; regression
     ``prediction``.
@@ -269,11 +279,40 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     if onnx_model_file(model_dir) is not None:
         return predict_onnx(model_dir, images, device=device, out=out)
     module, config = load_model(model_dir, plugins)
-    paths = _expand_images(images)
-    data = image_tensors(paths, config)
+    if (config.get("data_config") or {}).get("modality", "image") == "image":
+        paths: Sequence[Any] = _expand_images(images)
+        data = image_tensors(paths, config)
+    else:
+        rows = _read_texts(images)
+        paths = [{"row": shown, "text": text} for text, shown in rows]
+        data = input_tensors([text for text, _ in rows], config)
     dev = resolve_device(device)
     outputs = predict_outputs(module.to(dev), data, dev, task_from_config(config))
     return prediction_rows(paths, outputs, config, out=out)
+
+
+def _read_texts(files: Sequence[str]) -> List[Tuple[str, str]]:
+    """Every text of the CSV files (see :func:`autotl.data.read_texts`), as ModelErrors."""
+    from .data import read_texts
+
+    rows: List[Tuple[str, str]] = []
+    for f in files:
+        try:
+            rows += read_texts(f)
+        except DataError as exc:
+            raise ModelError(exc.what, exc.fix or "pass CSV files with a text column") from exc
+    return rows
+
+
+def input_tensors(items: Sequence[Any], config: Mapping[str, Any]) -> Any:
+    """``items`` (of the model's modality: texts for a text model) as the saved model's inputs, through
+    its ``config["data_config"]`` and modality, as the search read them."""
+    from .tensors import to_tensors
+
+    try:
+        return to_tensors(list(items), np.zeros(len(items), dtype=np.int64), config["data_config"])
+    except DataError as exc:
+        raise ModelError(exc.what, "pass inputs the model can read") from exc
 
 
 def image_tensors(items: Sequence[Any], config: Mapping[str, Any]) -> Any:
@@ -299,8 +338,9 @@ def image_tensors(items: Sequence[Any], config: Mapping[str, Any]) -> Any:
 
 def prediction_rows(paths: Sequence[str], outputs: np.ndarray, config: Mapping[str, Any],
                     out: Optional[str] = None) -> List[Dict[str, Any]]:
-    """One row per image from the task's outputs (see :func:`predict` for the columns); optionally
-    written to the CSV ``out``. Shared by the PyTorch and the ONNX paths so their rows agree."""
+    """One row per input from the task's outputs (see :func:`predict` for the columns); optionally
+    written to the CSV ``out``. Shared by the PyTorch and the ONNX paths so their rows agree.
+    ``paths``: each input's path, or a mapping of the columns that name it (texts: row and text)."""
     from .data import LABEL_SEPARATOR
     from .tasks import task_from_config
 
@@ -308,15 +348,16 @@ def prediction_rows(paths: Sequence[str], outputs: np.ndarray, config: Mapping[s
     classes = config["classes"]
     rows = []
     for p, row in zip(paths, outputs):
+        lead = dict(p) if isinstance(p, Mapping) else {"path": p}
         if task.name == "regression":
-            rows.append({"path": p, "prediction": float(row)})
+            rows.append({**lead, "prediction": float(row)})
         elif task.name == "multilabel":
             chosen = [c for c, v in zip(classes, row) if v >= task.threshold]
-            rows.append({"path": p, "labels": LABEL_SEPARATOR.join(chosen),
+            rows.append({**lead, "labels": LABEL_SEPARATOR.join(chosen),
                          **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
         else:
             k = int(row.argmax())
-            rows.append({"path": p, "label": classes[k], "confidence": float(row[k]),
+            rows.append({**lead, "label": classes[k], "confidence": float(row[k]),
                          **{f"p_{c}": float(v) for c, v in zip(classes, row)}})
     if out:
         with open(out, "w", newline="") as fh:

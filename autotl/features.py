@@ -44,13 +44,15 @@ class Split:
         return "probe" if self.kind == "probe" else f"partial@{self.cut}"
 
 
-def uncacheable_reason(params: Any, task: Any = None) -> Optional[str]:
-    """Why this trial's frozen prefix is not deterministic, or None when it is."""
+def uncacheable_reason(params: Any, task: Any = None, modality: Any = None) -> Optional[str]:
+    """Why this trial's frozen prefix is not deterministic, or None when it is. Augmentation and
+    mixup count only where the ``modality`` applies them (text takes neither)."""
     from .tensors import Augmentation
 
-    if Augmentation.from_params(params).active:
+    if Augmentation.from_params(params).active and getattr(modality, "augments", True):
         return "augmentation"
-    if getattr(params, "mixup_alpha", 0) > 0 or getattr(params, "cutmix_alpha", 0) > 0:
+    if (getattr(params, "mixup_alpha", 0) > 0 or getattr(params, "cutmix_alpha", 0) > 0) and \
+            getattr(modality, "mixable", True):
         return "mixup"
     if getattr(params, "drop_path", 0) > 0:
         return "drop_path"
@@ -159,15 +161,19 @@ def plan_split(model: AdaptedModel, trainable: FrozenSet[int]) -> Optional[Split
 
 
 @torch.no_grad()
-def verify_split(model: AdaptedModel, split: Split, input_size: Sequence[int]) -> Optional[int]:
-    """The bytes one image's prefix output takes, if the split reproduces the whole network on a
-    random batch (eval mode, float32); None if it does not."""
+def verify_split(model: AdaptedModel, split: Split, input_size: Optional[Sequence[int]] = None) -> Optional[int]:
+    """The bytes one sample's prefix output takes, if the split reproduces the whole network on a
+    random batch of the model's modality (eval mode, float32); None if it does not. ``input_size``
+    overrides the data config's."""
+    from .modality import modality_of
+
     module = model.module
     was_training = module.training
     module.eval()
     try:
         param = next(module.parameters())
-        x = torch.randn(2, *input_size, device=param.device)
+        cfg = dict(model.data_config, **({"input_size": list(input_size)} if input_size is not None else {}))
+        x = modality_of(cfg).example_input(cfg, 2).to(param.device)
         mid = split.prefix(x)
         whole, parts = module(x), split.rest(mid)
         same = whole.shape == parts.shape and torch.allclose(whole.float(), parts.float(), rtol=1e-4, atol=1e-5)

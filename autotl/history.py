@@ -36,7 +36,7 @@ def meta_features(dataset: Any, ranking: Any = None) -> Dict[str, Any]:
     from .modality import IMAGE, UNREADABLE
 
     sides = []
-    for item in dataset.train.items[:500]:
+    for item in (dataset.train.items[:500] if getattr(dataset, "modality", "image") == "image" else ()):
         try:
             w, h = IMAGE.size(item)
             sides.append(math.sqrt(w * h))

@@ -58,13 +58,32 @@ def strip_source_head(net: nn.Module, source: SourceModel) -> nn.Module:
     return net
 
 
-def resolve_data_config(source: SourceModel, net: Optional[nn.Module] = None) -> Dict[str, Any]:
-    """The preprocessing for this source: its own data_config over what timm reads off the network."""
-    from timm.data import resolve_data_config as timm_resolve
+#: Trial knobs that set the key of the same name in a source's data config, when it has that key
+#: (e.g. a text source's ``max_length``); other sources ignore them.
+DATA_KNOBS = ("max_length",)
 
-    cfg = timm_resolve(dict(source.data_config or {}), model=net, use_test_size=False)
-    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
-    return out
+
+def resolve_data_config(source: SourceModel, net: Optional[nn.Module] = None,
+                        knobs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """The preprocessing for this source. Images: its own data_config over what timm reads off the
+    network. Another modality (``data_config["modality"]``, else ``source.modality``): its data config
+    with the trial's :data:`DATA_KNOBS` applied (``knobs``, None values ignored), completed by the
+    modality's ``resolve`` (e.g. ``input_size`` from ``max_length``)."""
+    given = dict(source.data_config or {})
+    name = str(given.get("modality") or source.modality or "image")
+    if name == "image":
+        from timm.data import resolve_data_config as timm_resolve
+
+        cfg = timm_resolve(given, model=net, use_test_size=False)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+    from .modality import get_modality
+
+    given["modality"] = name
+    for key, value in (knobs or {}).items():
+        if key in DATA_KNOBS and key in given and value is not None:
+            given[key] = value
+    cfg = get_modality(name).resolve(given)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
 def feature_width(net: nn.Module, source: SourceModel, data_config: Mapping[str, Any]) -> int:
@@ -76,10 +95,12 @@ def feature_width(net: nn.Module, source: SourceModel, data_config: Mapping[str,
     for width in (source.num_features, getattr(net, "head_hidden_size", None), getattr(net, "num_features", None)):
         if isinstance(width, int) and width > 0:
             return width
+    from .modality import modality_of
+
     was_training = net.training
     net.eval()
     with torch.no_grad():
-        out = net(torch.zeros(1, *data_config["input_size"]))
+        out = net(modality_of(data_config).example_input(data_config, 1))
     net.train(was_training)
     if out.ndim != 2:
         raise TrialError(f"the backbone returns {tuple(out.shape)}, not pooled (N, C) features",
@@ -156,8 +177,12 @@ def timm_architecture(net: nn.Module, source: SourceModel) -> Optional[str]:
 
 
 def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
-                adapter_params: Mapping[str, Any], net: Optional[nn.Module] = None) -> AdaptedModel:
-    """Build the source network (or take ``net``), strip its classifier and attach the adapter."""
+                adapter_params: Mapping[str, Any], net: Optional[nn.Module] = None,
+                data_knobs: Optional[Mapping[str, Any]] = None) -> AdaptedModel:
+    """Build the source network (or take ``net``), strip its classifier and attach the adapter.
+
+    ``data_knobs``: the trial's values of :data:`DATA_KNOBS` (``TrialParams.data_knobs()``), which
+    set the same keys of the model's data config when the source's has them."""
     if net is None:
         try:
             net = source.build()
@@ -170,7 +195,7 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
     if not isinstance(net, nn.Module):
         raise TrialError(f"source model {source.name!r} built a {type(net).__name__}, not a torch.nn.Module",
                          "make build() return the network")
-    data_config = resolve_data_config(source, net)
+    data_config = resolve_data_config(source, net, data_knobs)
     net = strip_source_head(net, source)
     architecture = timm_architecture(net, source)
     param_of = dict(net.named_parameters())

@@ -94,6 +94,10 @@ def export_onnx(run_or_model_dir: str, out_dir: str, *, images: Optional[Sequenc
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance!r}", "pass e.g. --tolerance 1e-3")
     folder = model_folder(str(run_or_model_dir))
     module, config = load_model(str(run_or_model_dir), plugins)
+    kind = (config.get("data_config") or {}).get("modality", "image")
+    if kind != "image":
+        raise UsageError(f"ONNX export is for image models; the model in {folder} reads {kind} input",
+                         "use the saved best/ folder with autotl predict")
     task = task_from_config(config)
     items, where = _parity_items(folder, config, images, plugins)
     data = image_tensors(items, config)  # preprocessed exactly as autotl predict does it

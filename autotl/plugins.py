@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import pluggy
 
@@ -24,7 +24,7 @@ from .types import DatasetSource, PluginSettings, RunResult, SourceModel, Target
 
 #: First-party plugins, loaded first and through the same hooks a third party uses.
 BUILTIN_PLUGINS = ("autotl_timm", "autotl_heads", "autotl_peft", "autotl_cosine", "autotl_zoo", "autotl_datasets",
-                   "autotl_lite0")
+                   "autotl_lite0", "autotl_text")
 ENTRY_POINT_GROUP = "autotl"
 AUTOLOAD_ENV = "AUTOTL_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_ZOO = "~/.cache/autotl/zoo"
@@ -50,27 +50,50 @@ class Plugins:
     origins: Dict[str, Dict[str, str]] = field(default_factory=dict)
 
     def build_registries(self) -> "Plugins":
-        """Call every registration hook, one plugin at a time, so errors name the plugin."""
-        kwargs = {"settings": self.settings}
+        """Call each registration hook once, through pluggy, and attribute what it registers.
+
+        pluggy does the calling, so its ordering applies (``tryfirst``, ``trylast``, later-loaded
+        plugins first) and hook wrappers (``wrapper=True``, ``hookwrapper=True``) see the call and
+        may register too. pluggy hands every implementation the same ``register``, so that
+        function finds out which plugin is calling by looking up the call stack for the innermost
+        frame that runs one of this hook's implementations (:func:`_running_impl`); an exception is
+        attributed the same way, through its traceback. We chose this over the alternatives
+        because it needs nothing from pluggy but its public ``get_hookimpls()``: hookcall
+        monitoring sees a hook call, not which implementation runs, and a per-plugin ``register``
+        would mean calling each implementation ourselves, which is what lost the ordering and the
+        wrappers. Duplicate names still blame the plugin loaded later (``Registry.load_order``),
+        whatever order the hooks ran in.
+
+        Raises:
+            PluginError: a plugin's hook raised; one line naming the plugin and the hook.
+            RegistryError: a plugin registered something invalid or twice.
+        """
+        order = [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
         for hook_name, registry in (
             ("autotl_register_source_models", self.sources),
             ("autotl_register_target_adapters", self.adapters),
             ("autotl_register_datasets", self.datasets),
         ):
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                plugin = impl.plugin_name
+            caller = getattr(self.pm.hook, hook_name)
+            registry.load_order = order
 
-                def register(item: Any, _plugin: str = plugin, _registry: Registry = registry) -> None:
-                    _registry.register(item, _plugin)
+            def register(item: Any, _caller: Any = caller, _registry: Registry = registry,
+                         _hook: str = hook_name) -> None:
+                impl = _running_impl(_caller.get_hookimpls(), _frames(sys._getframe(1)))
+                if impl is None:
+                    raise PluginError(f"register() of {_hook} was called after the hook returned",
+                                      f"call register() while {_hook} runs, not later")
+                _registry.register(item, impl.plugin_name)
 
-                call_args = {"register": register, **kwargs}
-                try:
-                    impl.function(*[call_args[a] for a in impl.argnames])
-                except AutotlError:
-                    raise
-                except Exception as exc:  # a plugin's own bug
-                    raise PluginError(f"plugin {plugin!r} failed in {hook_name}: {type(exc).__name__}: {exc}",
-                                      "fix the plugin or stop loading it") from exc
+            try:
+                caller(register=register, settings=self.settings)
+            except AutotlError:
+                raise
+            except Exception as exc:  # a plugin's own bug
+                impl = _running_impl(caller.get_hookimpls(), _traceback_frames(exc))
+                who = f"plugin {impl.plugin_name!r}" if impl else "a plugin"
+                raise PluginError(f"{who} failed in {hook_name}: {type(exc).__name__}: {exc}",
+                                  "fix the plugin or stop loading it") from exc
         return self
 
     def trial_finished(self, record: TrialRecord) -> None:
@@ -80,12 +103,25 @@ class Plugins:
         self._observe("autotl_search_finished", result=result)
 
     def _observe(self, hook_name: str, **kwargs: Any) -> None:
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:  # observers never break a search
-                warn(f"plugin {impl.plugin_name!r} raised in {hook_name}: {type(exc).__name__}: {exc}",
-                     f"fix the plugin, or stop loading it with --block-plugin {impl.plugin_name}; the search goes on")
+        """Call an observer hook through pluggy (so ``tryfirst``, ``trylast`` and wrappers work) such
+        that no observer can break the search or silence the others.
+
+        pluggy stops at the first implementation that raises, so each plain observer is guarded
+        (:func:`_guard_observer`, once per implementation): its exception becomes a one-line warning
+        naming its plugin, and the next observer runs. Wrappers are left as they are (a guard would
+        have to drive their generators); what escapes the call is a wrapper's own exception, and it
+        is warned about the same way, naming the wrapper's plugin through its traceback.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in caller.get_hookimpls():
+            if not (impl.wrapper or impl.hookwrapper) and not getattr(impl.function, _GUARDED, False):
+                # HookImpl.function is Final only to type checkers; pluggy calls whatever it holds.
+                impl.function = _guard_observer(impl.function, impl.plugin_name, hook_name)  # type: ignore[misc]
+        try:
+            caller(**kwargs)
+        except Exception as exc:  # a wrapper's own failure: the observers already ran
+            impl = _running_impl(caller.get_hookimpls(), _traceback_frames(exc))
+            _warn_observer(impl.plugin_name if impl else None, hook_name, exc)
 
     def provenance(self, registry: Registry, name: str) -> Dict[str, str]:
         """Which plugin registered ``name`` in ``registry``, and how that plugin was loaded (see
@@ -103,6 +139,75 @@ class Plugins:
             hooks = sorted(h.name for h in self.pm.get_hookcallers(plugin) or [])
             rows.append({"name": name, "hooks": hooks, "origin": _origin(plugin)})
         return rows
+
+
+_GUARDED = "_autotl_observer_guard"
+
+
+def _warn_observer(plugin: Optional[str], hook_name: str, exc: BaseException) -> None:
+    who = f"plugin {plugin!r}" if plugin else "a plugin"
+    block = f"--block-plugin {plugin}" if plugin else "--block-plugin NAME"
+    warn(f"{who} raised in {hook_name}: {type(exc).__name__}: {exc}",
+         f"fix the plugin, or stop loading it with {block}; the search goes on")
+
+
+def _guard_observer(function: Any, plugin: str, hook_name: str) -> Any:
+    """``function`` (a plain observer) with its exceptions turned into a warning naming ``plugin``."""
+    def guarded(*args: Any) -> None:
+        try:
+            function(*args)
+        except Exception as exc:  # observers never break a search
+            _warn_observer(plugin, hook_name, exc)
+
+    setattr(guarded, _GUARDED, True)
+    return guarded
+
+
+def _frames(frame: Any) -> Iterator[Any]:
+    """``frame`` and its callers, innermost first."""
+    while frame is not None:
+        yield frame
+        frame = frame.f_back
+
+
+def _traceback_frames(exc: BaseException) -> List[Any]:
+    """The frames an exception passed through, innermost (where it was raised) first."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    return frames[::-1]
+
+
+def _codes(function: Any) -> List[Any]:
+    """The code objects a hook implementation runs as: its own and, when decorated, the function
+    it wraps; for a callable object, its ``__call__``."""
+    found = []
+    for fn in (function, getattr(function, "__wrapped__", None), getattr(function, "__call__", None)):
+        code = getattr(fn, "__code__", None)
+        if code is not None and code not in found:
+            found.append(code)
+    return found
+
+
+def _running_impl(impls: Sequence[Any], frames: Iterable[Any]) -> Any:
+    """The hook implementation whose code runs in the innermost of ``frames``, or None.
+
+    Two plugins may share code (two instances of one class): then the frame's ``self`` decides.
+    """
+    by_code: Dict[Any, List[Any]] = {}
+    for impl in impls:
+        for code in _codes(impl.function):
+            by_code.setdefault(code, []).append(impl)
+    for frame in frames:
+        found = by_code.get(frame.f_code)
+        if not found:
+            continue
+        if len(found) > 1 and frame.f_code.co_argcount:
+            this = frame.f_locals.get(frame.f_code.co_varnames[0])
+            found = [i for i in found if getattr(i.function, "__self__", None) is this] or found
+        return found[0]
+    return None
 
 
 def _origin(plugin: Any) -> str:

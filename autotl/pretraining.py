@@ -2,7 +2,8 @@
 
 Writes ``FILE.safetensors`` (plain timm weights with the source classifier) and ``FILE.json``
 (architecture, data config, classes, source task, validation accuracy), the pair the ``zoo``
-plugin turns into a source model.
+plugin turns into a source model. The network trains with the registered plain head adapter
+(``plain_head=True``, e.g. ``autotl_heads``' ``linear``), so the weights are plain timm.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def pretrain_source(data: str, plugins: Any, *, backbone: str, out: str, epochs:
     from safetensors.torch import save_file
 
     from .data import load_dataset
+    from .heads import plain_head_adapter
     from .model import build_model
     from .space import TrialParams
     from .tensors import TensorCache
@@ -30,6 +32,7 @@ def pretrain_source(data: str, plugins: Any, *, backbone: str, out: str, epochs:
     if epochs < 1 or lr <= 0 or batch_size < 1:
         raise UsageError(f"epochs, lr and batch size must be positive (got {epochs}, {lr}, {batch_size})",
                          "pass --epochs 1 or more and a positive --lr")
+    head = plain_head_adapter(plugins, "pretraining")
     source = plugins.sources.get(backbone)
     if not source.architecture:
         raise UsageError(f"source model {backbone!r} has no timm architecture, so the zoo could not rebuild it",
@@ -39,9 +42,9 @@ def pretrain_source(data: str, plugins: Any, *, backbone: str, out: str, epochs:
     import torch
 
     torch.manual_seed(seed)
-    model = build_model(source, plugins.adapters.get("linear"), len(dataset.classes), {})
+    model = build_model(source, head, len(dataset.classes), {})
     cfg = model.data_config
-    params = TrialParams(backbone=backbone, adapter="linear", freeze_depth=0.0, head_lr=lr, backbone_lr="multiplier",
+    params = TrialParams(backbone=backbone, adapter=head.name, freeze_depth=0.0, head_lr=lr, backbone_lr="multiplier",
                          backbone_lr_mult=1.0, layer_decay=None, weight_decay=0.05, batch_size=batch_size,
                          warmup_epochs=1, label_smoothing=0.0)
     tensors = TensorCache()

@@ -38,15 +38,17 @@ class Ranking:
 
 
 def pooled_features(source: Any, adapters: Any, dataset: Any, tensors: Any, device: Any, cache: Any) -> Any:
-    """The linear-probe features of ``source`` on the train split (numpy, float64)."""
+    """The linear-probe features of ``source`` on the train split (numpy, float64), taken from
+    ``source`` with the registered plain head (:func:`autotl.heads.plain_head_adapter`)."""
     import torch
 
     from .features import FeatureCache, plan_split
     from .freeze import set_trainable
+    from .heads import plain_head_adapter
     from .model import build_model
     from .trainer import _autocast
 
-    model = build_model(source, adapters.get("linear"), max(2, len(dataset.classes)), {})
+    model = build_model(source, plain_head_adapter(adapters, "ranking"), max(2, len(dataset.classes)), {})
     set_trainable(model, ())
     model.module.to(device)
     split = plan_split(model, frozenset())
@@ -64,10 +66,16 @@ def pooled_features(source: Any, adapters: Any, dataset: Any, tensors: Any, devi
 
 def rank_sources(plugins: Any, dataset: Any, backbones: Sequence[str], device: Any, tensors: Any = None,
                  cache: Any = None) -> Ranking:
-    """Score every backbone on ``dataset``'s train split and order them (a failing one is skipped)."""
+    """Score every backbone on ``dataset``'s train split and order them (a failing one is skipped).
+
+    Raises:
+        PluginError: no plain head adapter is registered, so no backbone could be scored.
+    """
     from . import scores as S
+    from .heads import plain_head_adapter
     from .tensors import TensorCache
 
+    plain_head_adapter(plugins, "ranking")  # one clear error, not every backbone skipped for it
     tensors = tensors or TensorCache()
     labels = dataset.train.labels
     table: Dict[str, Dict[str, float]] = {}

@@ -33,7 +33,8 @@ def merged_split(train: Any, val: Any) -> Any:
 
     labels = np.concatenate([np.asarray(train.labels), np.asarray(val.labels)])
     return SampleSet(items=tuple(train.items) + tuple(val.items), labels=labels,
-                     paths=tuple(train.paths) + tuple(val.paths), digest=f"{train.digest}+{val.digest}")
+                     paths=tuple(train.paths) + tuple(val.paths), digest=f"{train.digest}+{val.digest}",
+                     modality=getattr(train, "modality", "image"))
 
 
 def refit_epochs(trial: optuna.trial.FrozenTrial, max_epochs: int) -> int:
@@ -73,7 +74,8 @@ def refit_best(ctx: Any) -> Dict[str, Any]:
     source = ctx.plugins.sources.get(params.backbone)
     adapter = ctx.plugins.adapters.get(params.adapter)
     torch.manual_seed(seed)
-    model = build_model(source, adapter, ctx.task.num_outputs(ctx.dataset.classes), params.adapter_params)
+    model = build_model(source, adapter, ctx.task.num_outputs(ctx.dataset.classes), params.adapter_params,
+                        data_knobs=params.data_knobs())
     both = merged_split(ctx.dataset.train, ctx.dataset.val)
     train = ctx.tensors.train(both, model.data_config, Augmentation.from_params(params),
                               pin_memory=ctx.device.type == "cuda")
@@ -89,7 +91,7 @@ def refit_best(ctx: Any) -> Dict[str, Any]:
             if hasattr(split, "close"):
                 split.close()
     state, export_adapter, adapter_params = merged_for_export(model.module, result.state_dict, adapter,
-                                                              ctx.plugins.adapters, params.adapter_params)
+                                                              ctx.plugins, params.adapter_params)
     folder = Path(ctx.artifacts) / REFIT_DIR
     extra = {"refit_of": best.number, "refit_epochs": epochs, "train_images": len(both)}
     save_model(str(folder), state, **model_write_args(ctx, params, model, export_adapter, adapter_params,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Dict, Generic, Iterable, List, Tuple, Type, TypeVar
+from typing import Dict, Generic, Iterable, List, Sequence, Tuple, Type, TypeVar
 
 from .errors import RegistryError
 
@@ -32,6 +32,9 @@ class Registry(Generic[T]):
         self.item_type = item_type
         self._items: Dict[str, T] = {}
         self._owner: Dict[str, str] = {}
+        #: plugin names in the order they were loaded; a duplicate name is blamed on the plugin loaded
+        #: later, whichever hook pluggy happened to call first (``tryfirst``, LIFO, ...).
+        self.load_order: Sequence[str] = ()
 
     def register(self, item: T, plugin: str) -> None:
         if not isinstance(item, self.item_type):
@@ -51,8 +54,12 @@ class Registry(Generic[T]):
             raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} with a precheck that is not "
                                 "callable", "pass a function (or None) as precheck=")
         if name in self._items:
+            first, later = self._owner[name], plugin
+            if later in self.load_order and first in self.load_order and \
+                    self.load_order.index(first) > self.load_order.index(later):
+                first, later = later, first
             raise RegistryError(
-                f"plugin {plugin!r} registered {self.kind} {name!r}, already registered by plugin {self._owner[name]!r}",
+                f"plugin {later!r} registered {self.kind} {name!r}, already registered by plugin {first!r}",
                 "rename one of them or load only one of the plugins",
             )
         self._items[name] = item

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from .errors import AutotlError, RegistryError, SpaceError, warn
+from .errors import AutotlError, PluginError, RegistryError, SpaceError, warn
+from .heads import blocked_plugins, export_target, plain_head_adapter
 from .selection import DEFAULT_RULE
 
 #: Core knobs: (python type, default, lowest allowed, highest allowed). docs/user-guide.md explains each.
@@ -46,6 +47,8 @@ CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
     "grad_clip": (float, 0.0, 0.0, 1000.0),
     "l2sp": (str, "off", None, None),
     "l2sp_weight": (float, 0.01, 0.0, 10.0),
+    # Sets the source's data_config["max_length"] (text: tokens per input) when it has one; None keeps the source's.
+    "max_length": (int, None, 1, 8192),
 }
 CHOICES = {"backbone_lr": ("multiplier", "layer_decay"), "strategy": ("freeze_depth", "lp_ft", "surgical"),
            "optimizer": ("adamw", "sgd"), "schedule": ("cosine", "linear", "constant"),
@@ -135,6 +138,11 @@ class TrialParams:
     grad_clip: float = 0.0
     l2sp: str = "off"
     l2sp_weight: Optional[float] = None
+    max_length: Optional[int] = None
+
+    def data_knobs(self) -> Dict[str, Any]:
+        """The knobs that set keys of the source's data config (:data:`autotl.model.DATA_KNOBS`)."""
+        return {"max_length": self.max_length} if self.max_length is not None else {}
 
     def as_dict(self) -> Dict[str, Any]:
         flat = asdict(self)
@@ -172,6 +180,8 @@ class Space:
     adapter_specs: Mapping[str, Tuple[ParamSpec, ...]]
     epochs: int
     task: str = "multiclass"
+    #: the first of ``adapters`` registered with ``plain_head=True``: the default recipe's adapter.
+    plain_head: Optional[str] = None
 
     def suggest(self, trial: Any) -> TrialParams:
         """Sample one trial's params; knobs gated by ``when`` are sampled only when they apply.
@@ -282,6 +292,18 @@ def _string_list(path: str, key: str, value: Any) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def _adapter_list(path: str, raw: Mapping[str, Any]) -> Tuple[str, ...]:
+    """The file's ``adapters``; empty when it gives none, which :func:`resolve_space` reads as the
+    registered plain head (``plain_head=True``), so no adapter name is hard-coded here."""
+    if "adapters" not in raw:
+        return ()
+    names = _string_list(path, "adapters", raw["adapters"])
+    if not names:
+        raise _fail(path, "adapters", "the list is empty", "list at least one adapter, or leave adapters out "
+                                                           "for the plain linear head")
+    return names
+
+
 def _section(path: str, key: str, raw: Any, allowed: Mapping[str, set], default: str) -> Dict[str, Any]:
     raw = raw or {"name": default}
     if isinstance(raw, str):
@@ -362,7 +384,7 @@ def load_space_file(name_or_path: str) -> SpaceFile:
         path=shown, description=str(raw.get("description", "")), epochs=epochs, min_epochs=min_epochs,
         include=_string_list(shown, "backbones.include", bb.get("include", ["*"])),
         exclude=_string_list(shown, "backbones.exclude", bb.get("exclude", [])) if bb.get("exclude") else (),
-        adapters=_string_list(shown, "adapters", raw.get("adapters", ["linear"])),
+        adapters=_adapter_list(shown, raw),
         sampler=_section(shown, "sampler", raw.get("sampler"), SAMPLERS, "tpe"),
         pruner=_section(shown, "pruner", raw.get("pruner"), PRUNERS, "hyperband"),
         selection=_selection(shown, raw.get("selection")),
@@ -461,13 +483,34 @@ def usable_sources(plugins: Any, names: Sequence[str], key: str) -> List[str]:
     return usable
 
 
+def _of_modality(plugins: Any, names: Sequence[str], key: str, modality: str, warn_left_out: bool) -> List[str]:
+    """The sources among ``names`` that read ``modality`` input. A space file's globs (``*``) are
+    narrowed silently; sources the user named with ``--backbones`` are left out with one warning."""
+    from .types import source_modality
+
+    kinds = {name: source_modality(plugins.sources.get(name)) for name in names}
+    fit = [name for name in names if kinds[name] == modality]
+    other = [name for name in names if kinds[name] != modality]
+    if not fit:
+        found = ", ".join(sorted(set(kinds.values())))
+        raise SpaceError(f"{key}: none of the {len(names)} matching source model(s) reads {modality} input "
+                         f"(they read {found})",
+                         f"pass --backbones with {modality} source models (autotl backbones lists each one's input)")
+    if other and warn_left_out:
+        warn(f"{key}: left out {len(other)} source model(s) that do not read {modality} input ({', '.join(other[:5])}"
+             f"{', ...' if len(other) > 5 else ''})", f"narrow --backbones to {modality} source models")
+    return fit
+
+
 def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[str]] = None,
-                  epochs: Optional[int] = None, task: str = "multiclass") -> Space:
+                  epochs: Optional[int] = None, task: str = "multiclass", modality: str = "image") -> Space:
     """Tie a space file to the registries: expand backbone globs, check adapters and their knobs.
 
     Args:
         backbones: ``--backbones`` globs; they replace the file's include list and its excludes.
         epochs: ``--epochs``; replaces the file's max epochs per trial.
+        modality: the data's input kind; sources of another kind are left out (with a warning when
+            ``--backbones`` named them), and a ``SpaceError`` says so when none is left.
     """
     include, exclude = (tuple(backbones), ()) if backbones else (file.include, file.exclude)
     key = "--backbones" if backbones else f"{file.path}: backbones"
@@ -478,14 +521,23 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     if not names:
         raise SpaceError(f"{key}: every matching source model is excluded",
                          "widen the include globs or drop some excludes")
+    names = _of_modality(plugins, names, key, modality, warn_left_out=bool(backbones))
     names = usable_sources(plugins, names, key)
     adapter_specs = {}
     usable = []
-    for name in file.adapters:
+    listed = file.adapters or (_plain_head_name(file, plugins),)
+    blocked = blocked_plugins(plugins)
+    for name in listed:
         if name not in plugins.adapters:
+            hint = f" (blocked with --block-plugin: {', '.join(blocked)}; drop that flag if one of them registers " \
+                   "it)" if blocked else ""
             raise SpaceError(f"{file.path}: adapters: unknown target adapter {name!r}",
-                             f"registered: {', '.join(plugins.adapters.names()) or 'none'}")
+                             f"registered: {', '.join(plugins.adapters.names()) or 'none'}{hint}")
         adapter = plugins.adapters.get(name)
+        try:
+            export_target(adapter, plugins)  # checked now, not when the first trial is exported
+        except PluginError as exc:
+            raise SpaceError(f"{file.path}: adapters: {exc.what}", exc.fix) from None
         missing = [m for m in adapter.requires if importlib.util.find_spec(m) is None]
         if missing:
             warn(f"{file.path}: adapter {name!r} needs {', '.join(missing)}, which is not installed; "
@@ -494,14 +546,23 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
         usable.append(name)
         adapter_specs[name] = _adapter_specs(file, adapter)
     if not usable:
-        raise SpaceError(f"{file.path}: adapters: none of {list(file.adapters)} can be used here",
+        raise SpaceError(f"{file.path}: adapters: none of {list(listed)} can be used here",
                          "install what the warnings name, or list another adapter")
     for name in file.adapter_params:
-        if name not in file.adapters:  # listed but missing its requirements is fine
+        if name not in listed:  # listed but missing its requirements is fine
             raise _fail(file.path, f"adapter_params.{name}", "adapter is not in the adapters list",
                         "add it to adapters or drop its params")
     max_epochs = epochs if epochs is not None else file.epochs
     if max_epochs < 1:
         raise SpaceError(f"--epochs must be at least 1, got {max_epochs}", "pass --epochs 1 or more")
+    plain = next((n for n in usable if getattr(plugins.adapters.get(n), "plain_head", False)), None)
     return Space(file=file, backbones=tuple(names), adapters=tuple(usable), adapter_specs=adapter_specs,
-                 epochs=max_epochs, task=task)
+                 epochs=max_epochs, task=task, plain_head=plain)
+
+
+def _plain_head_name(file: SpaceFile, plugins: Any) -> str:
+    """The adapter a space without an ``adapters`` list searches: the registered plain head."""
+    try:
+        return plain_head_adapter(plugins, "a space without an adapters list").name
+    except PluginError as exc:
+        raise SpaceError(f"{file.path}: adapters: {exc.what}", exc.fix) from None

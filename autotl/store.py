@@ -1,4 +1,7 @@
-"""Stored forms of a split: each item decoded once into its compact uint8 form, read back per sample.
+"""Stored forms of a split: each item decoded once into its compact form, read back per sample.
+
+A stored form is an array of the modality's ``stored_dtype`` (images: uint8 height x width x 3;
+text: int32 token ids) with at most three dimensions.
 
 Three stores answer ``read(i)`` the same way:
 
@@ -57,12 +60,13 @@ class MemoryStore:
 
 
 class DiskStore:
-    """Stored forms in one file, located by an index of (offset, height, width, channels) rows."""
+    """Stored forms in one file, located by an index of (offset, d0, d1, d2) rows: an array of fewer
+    dimensions is kept with trailing sizes of 1 (text: (length, 1, 1)), and read back so."""
 
     kind = "disk"
 
-    def __init__(self, folder: Path, digest: str) -> None:
-        self.folder, self.digest = Path(folder), digest
+    def __init__(self, folder: Path, digest: str, dtype: Any = np.uint8) -> None:
+        self.folder, self.digest, self.dtype = Path(folder), digest, np.dtype(dtype)
         self.index = np.load(self.folder / INDEX_NAME)
         self.skipped = {int(k): v for k, v in json.loads((self.folder / SKIPPED_NAME).read_text()).items()}
         self.nbytes = 0  # nothing of it lives in this process
@@ -81,11 +85,11 @@ class DiskStore:
             raise OSError(f"item {i} was skipped")
         if self._fd is None or self._pid != os.getpid():
             self._fd, self._pid = os.open(self.folder / DATA_NAME, os.O_RDONLY), os.getpid()
-        size = h * w * c
+        size = h * w * c * self.dtype.itemsize
         raw = os.pread(self._fd, size, offset)
         if len(raw) != size:
             raise OSError(f"{self.folder / DATA_NAME} is truncated at item {i}")
-        return np.frombuffer(raw, dtype=np.uint8).reshape(h, w, c)
+        return np.frombuffer(raw, dtype=self.dtype).reshape(h, w, c)
 
     def __del__(self) -> None:
         if self._fd is not None and self._pid == os.getpid():
@@ -158,11 +162,12 @@ def open_disk(folder: Path, items: Sequence[Any], modality: Modality, data_confi
     from .locks import file_lock
 
     final = Path(folder) / digest
+    dtype = np.dtype(getattr(modality, "stored_dtype", np.uint8))
     if (final / INDEX_NAME).is_file():
-        return DiskStore(final, digest)
+        return DiskStore(final, digest, dtype)
     with file_lock(Path(folder) / f".{digest}.lock"):
         if (final / INDEX_NAME).is_file():
-            return DiskStore(final, digest)
+            return DiskStore(final, digest, dtype)
         tmp = Path(folder) / f".{digest}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -174,7 +179,8 @@ def open_disk(folder: Path, items: Sequence[Any], modality: Modality, data_confi
                 if arr is None:
                     skipped[i] = reason
                     continue
-                arr = np.ascontiguousarray(arr.reshape(arr.shape[0], arr.shape[1], -1))
+                arr = np.ascontiguousarray(arr, dtype=dtype)
+                arr = arr.reshape(*arr.shape[:2], -1) if arr.ndim >= 2 else arr.reshape(-1, 1, 1)
                 fh.write(arr.tobytes())
                 index[i] = (offset, *arr.shape)
                 offset += arr.nbytes
@@ -182,4 +188,4 @@ def open_disk(folder: Path, items: Sequence[Any], modality: Modality, data_confi
         (tmp / SKIPPED_NAME).write_text(json.dumps(skipped))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-    return DiskStore(final, digest)
+    return DiskStore(final, digest, dtype)

@@ -1,9 +1,10 @@
 """Batches streamed from a store: what a split is when it is not kept resident.
 
 A :class:`StreamSet` reads each batch's stored forms, makes their views (the evaluation crop, or
-the trial's augmentation) in DataLoader workers sized to the machine, and hands uint8 batches to
-timm's ``PrefetchLoader``, which copies the next batch to the device while the current one trains
-(pinned memory and a side stream on CUDA) and normalises it there. The device holds a batch or
+the trial's augmentation) in DataLoader workers sized to the machine, and hands the batches to its
+modality's ``to_device`` step (images: timm's ``PrefetchLoader``, which copies the next batch to the
+device while the current one trains, with pinned memory and a side stream on CUDA, and normalises it
+there; text: the token ids as int64). The device holds a batch or
 two, never the split. A sample whose read or view fails is dropped from its batch, counted,
 warned about once and left out of later epochs: it never stops the trial.
 """
@@ -52,7 +53,7 @@ def _collate(samples: Sequence[Tuple[Optional[torch.Tensor], int]]) -> Tuple[tor
     (one tensor, so timm's PrefetchLoader carries it to the device like a target)."""
     kept = [x for x, _ in samples if x is not None]
     positions = [p for x, p in samples if x is not None] + [-(p + 1) for x, p in samples if x is None]
-    x = torch.stack(kept) if kept else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)
+    x = torch.stack(kept) if kept else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)  # never yielded; broadcasts as an image batch
     return x, torch.tensor(positions, dtype=torch.long)
 
 
@@ -71,14 +72,15 @@ class _EpochBatches(torch.utils.data.Sampler):
 
 @dataclass(eq=False)
 class StreamSet:
-    """A split streamed in batches from ``store``: samples ``rows`` of it with targets ``y``."""
+    """A split streamed in batches from ``store``: samples ``rows`` of it with targets ``y``; views
+    become model inputs on the device through ``modality.to_device(loader, data_config, device)``."""
 
     store: Any
     rows: np.ndarray
     y: torch.Tensor
     view: Callable[[np.ndarray], torch.Tensor]
-    mean: Tuple[float, ...]
-    std: Tuple[float, ...]
+    modality: Any
+    data_config: Dict[str, Any]
     digest: str
     shown: Sequence[str] = ()  # the shown path of each row, for warnings
     augmented: bool = False
@@ -92,8 +94,6 @@ class StreamSet:
         return int(self.y.shape[0])
 
     def _prefetcher(self, device: torch.device):
-        from timm.data.loader import PrefetchLoader
-
         key = str(device)
         if key not in self._loaders:
             sampler = _EpochBatches()
@@ -102,12 +102,11 @@ class StreamSet:
                 _Views(self.store, self.rows, self.view), batch_sampler=sampler, collate_fn=_collate,
                 num_workers=workers, pin_memory=self.pin_memory and device.type == "cuda",
                 persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-            self._loaders[key] = (sampler, PrefetchLoader(loader, mean=self.mean, std=self.std,
-                                                          channels=len(self.mean), device=device))
+            self._loaders[key] = (sampler, self.modality.to_device(loader, self.data_config, device))
         return self._loaders[key]
 
     def batches(self, batches: Sequence[Any], device: torch.device) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """(normalised float inputs on ``device``, their positions in this set) per batch, in order."""
+        """(model inputs on ``device``, their positions in this set) per batch, in order."""
         sampler, prefetcher = self._prefetcher(device)
         chosen = ([int(i) for i in batch if int(i) not in self.failed] for batch in batches)
         sampler.batches = [b for b in chosen if b]

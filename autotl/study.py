@@ -151,12 +151,12 @@ def check_space(study: optuna.Study, space: Space) -> None:
 
 def _split_identity(split: Any) -> List[str]:
     """Each sample of a split as location-free text: a file by its name within the data folder and its
-    size (the same data copied to another node's scratch disk matches), an in-memory sample by the
-    split's content digest; with its label."""
+    size (the same data copied to another node's scratch disk matches), an in-memory sample or a text
+    by the split's content digest; with its label."""
     if split is None:
         return []
     items = [str(i) for i in split.items]
-    files = all(isinstance(i, (str, Path)) for i in split.items)
+    files = getattr(split, "modality", "image") == "image" and all(isinstance(i, (str, Path)) for i in split.items)
     root = os.path.commonpath(items) if files and len(items) > 1 else ""
     out = []
     for item, label in zip(split.items, np.asarray(split.labels).tolist()):
@@ -389,7 +389,8 @@ class TrialRunner:
                 raise TrialError(f"skipped: {self.broken[params.backbone]}",
                                  "fix it, or exclude it with --backbones")
             try:
-                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
+                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params,
+                                    data_knobs=params.data_knobs())
             except BuildError as exc:
                 self.broken[params.backbone] = f"{exc.what} (trial {trial.number})"
                 raise
@@ -408,7 +409,8 @@ class TrialRunner:
                 set_trial_attrs(trial, {"oom_retry": oom})
                 params = dataclasses.replace(params, batch_size=oom["retried_at"])
                 torch.manual_seed(self.fit_seed(trial))
-                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params)
+                model = build_model(source, adapter, self.task.num_outputs(self.dataset.classes), params.adapter_params,
+                                    data_knobs=params.data_knobs())
                 result = self._fit(trial, model, params)
             attrs.update(feature_cache=result.feature_cache, curve=_json(result.curve),
                          val_details=_json(result.val_details), data=result.data)

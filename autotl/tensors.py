@@ -1,9 +1,10 @@
 """Splits -> what a trial trains and scores on: resident tensors or streamed batches.
 
-Preprocessing follows the source's data config through timm's ``create_transform``: the
-evaluation resize (at decode time, see :mod:`autotl.modality`), then the centre crop, or the
-trial's :class:`Augmentation`, then normalisation. :class:`TensorCache` decides per split and
-data config whether it is kept resident or streamed from the disk cache, and shares the result
+Preprocessing follows the source's data config through its modality (:mod:`autotl.modality`,
+chosen by ``data_config["modality"]``). For images, timm's ``create_transform``: the evaluation
+resize (at decode time), then the centre crop, or the trial's :class:`Augmentation`, then
+normalisation on the device; for text (a plugin), token ids. :class:`TensorCache` decides per split
+and data config whether it is kept resident or streamed from the disk cache, and shares the result
 among the search's trials.
 """
 from __future__ import annotations
@@ -71,7 +72,8 @@ class Augmentation:
 
 @dataclass(frozen=True, eq=False)
 class TensorSet:
-    """A resident split: normalised inputs ``x`` (N, C, H, W) and their targets ``y``.
+    """A resident split: model inputs ``x`` (N, ...: normalised images (N, C, H, W), token ids
+    (N, L)) and their targets ``y``.
 
     ``digest`` names the content (the feature cache keys on it); without one, the bytes of ``x``
     are hashed when first asked, and remembered on the set itself.
@@ -173,17 +175,19 @@ def _resident(stream: StreamSet, device: torch.device = torch.device("cpu")) -> 
     stream.close()
     if xs:
         return TensorSet(x=torch.cat(xs).contiguous(), y=torch.cat(ys), digest=stream.digest)
-    return TensorSet(x=torch.zeros(0, 3, 1, 1), y=stream.y[:0], digest=stream.digest)
+    empty = stream.modality.example_input(stream.data_config, 0)
+    return TensorSet(x=empty, y=stream.y[:0], digest=stream.digest)
 
 
 def to_tensors(items: Sequence[Any], labels: np.ndarray, data_config: Mapping[str, Any], task: Any = None,
                modality: Any = None) -> TensorSet:
-    """Items (image paths, PIL images or arrays) decoded and preprocessed into a resident set; labels
-    through the task (default: class indices). Raises on an unreadable item."""
-    from .modality import IMAGE
+    """Items (image paths, PIL images or arrays; strings for text) decoded and preprocessed into a
+    resident set; labels through the task (default: class indices). The modality is the data
+    config's unless given. Raises on an unreadable item."""
+    from .modality import modality_of
     from .store import build_memory
 
-    modality = modality or IMAGE
+    modality = modality or modality_of(data_config)
     store = build_memory(list(items), modality, data_config, digest="")
     if store.skipped:
         from .errors import DataError
@@ -192,9 +196,8 @@ def to_tensors(items: Sequence[Any], labels: np.ndarray, data_config: Mapping[st
         raise DataError(f"cannot read {items[i] if isinstance(items[i], (str, Path)) else f'item {i}'}: {reason}",
                         "pass readable files")
     y = task.targets(labels) if task is not None else torch.as_tensor(labels, dtype=torch.long)
-    mean, std = modality.normalization(data_config)
-    stream = StreamSet(store=store, rows=np.arange(len(items)), y=y, view=modality.view(data_config), mean=mean,
-                       std=std, digest="", workers=0)
+    stream = StreamSet(store=store, rows=np.arange(len(items)), y=y, view=modality.view(data_config),
+                       modality=modality, data_config=dict(data_config), digest="", workers=0)
     return dataclasses.replace(_resident(stream), digest=None)
 
 
@@ -215,7 +218,9 @@ class TensorCache:
     * ``cache``: stored forms written once to ``cache_dir`` (see :mod:`autotl.store`) and streamed
       in batches; memory stays flat whatever the data size.
     * ``stream``: nothing stored; every epoch decodes the source files again.
-    * ``auto`` (default): ``resident`` when the float32 tensors of the splits a trial reads together
+    The modality comes from each data config (``modality`` given here overrides it for every one).
+
+    * ``auto`` (default): ``resident`` when the model inputs of the splits a trial reads together
       (train and val, see :meth:`expect`), and the decoded images they come from, fit
       ``resident_mb``; else ``cache`` (``stream`` without a ``cache_dir``). Resident sets live in an LRU bounded by ``resident_mb`` in
       all (stored forms included); an evicted one is rebuilt when asked again.
@@ -223,18 +228,22 @@ class TensorCache:
 
     def __init__(self, task: Any = None, *, data_path: str = "auto", resident_mb: float = DEFAULT_RESIDENT_MB,
                  cache_dir: Optional[Path] = None, modality: Any = None, pin_memory: bool = False) -> None:
-        from .modality import IMAGE
-
         if data_path not in DATA_PATHS:
             raise ValueError(f"data_path must be one of {DATA_PATHS}")
         self.task, self.data_path, self.pin_memory = task, data_path, pin_memory  # pinned batches for a GPU
         self.budget = int(resident_mb * 2**20)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.modality = modality or IMAGE
+        self.modality = modality  # None: each data config's own
         self._resident: "OrderedDict[Tuple[str, str], Any]" = OrderedDict()
         self._stores: Dict[Tuple[str, str], Any] = {}
         self.skipped: Dict[str, str] = {}  # shown path -> reason: items found unreadable after loading
         self._together = 0  # samples of the splits every trial reads (train + val)
+
+    def modality_for(self, data_config: Mapping[str, Any]) -> Any:
+        """The modality that reads inputs for ``data_config``."""
+        from .modality import modality_of
+
+        return self.modality if self.modality is not None else modality_of(data_config)
 
     def expect(self, *splits: Any) -> None:
         """Declare the splits every trial reads: ``auto`` keeps them resident only if all fit at once,
@@ -250,7 +259,7 @@ class TensorCache:
         if self.data_path != "auto":
             return self.data_path
         samples = max(len(split), self._together)
-        fits = samples * self.modality.input_bytes(data_config) * RESIDENT_OVERHEAD <= self.budget
+        fits = samples * self.modality_for(data_config).input_bytes(data_config) * RESIDENT_OVERHEAD <= self.budget
         return "resident" if fits else "cache" if self.cache_dir is not None else "stream"
 
     def _keep(self, key: Tuple[str, str], value: Any) -> Any:
@@ -263,7 +272,8 @@ class TensorCache:
     def _store(self, split: Any, data_config: Mapping[str, Any], mode: str) -> Any:
         from .store import LiveStore, build_memory, open_disk, store_digest
 
-        skey = self.modality.stored_key(data_config)
+        modality = self.modality_for(data_config)
+        skey = modality.stored_key(data_config)
         digest = store_digest(split.digest, skey)
         key = ("store", digest)
         if mode == "resident" and key in self._resident:
@@ -273,13 +283,13 @@ class TensorCache:
             return self._stores[(mode, digest)]
         workers = loader_workers(len(split))
         if mode == "resident":
-            store = self._keep(key, build_memory(split.items, self.modality, data_config, digest, workers))
+            store = self._keep(key, build_memory(split.items, modality, data_config, digest, workers))
         elif mode == "cache":
             if self.cache_dir is None:
                 raise ValueError("the cache data path needs a cache folder (TensorCache(cache_dir=...))")
-            store = open_disk(self.cache_dir, split.items, self.modality, data_config, digest, workers)
+            store = open_disk(self.cache_dir, split.items, modality, data_config, digest, workers)
         else:
-            store = LiveStore(split.items, self.modality, data_config, digest)
+            store = LiveStore(split.items, modality, data_config, digest)
         self._stores.pop((mode, digest), None)
         if mode != "resident":
             self._stores[(mode, digest)] = store
@@ -305,12 +315,12 @@ class TensorCache:
                         dtype=np.int64)
         labels = split.labels[rows] if len(rows) else split.labels[:0]
         y = self.task.targets(labels) if self.task is not None else torch.as_tensor(labels, dtype=torch.long)
-        mean, std = self.modality.normalization(data_config)
-        augmented = augment is not None and augment.active
+        modality = self.modality_for(data_config)
+        augmented = augment is not None and augment.active and modality.augments
         digest = hashlib.blake2b(json.dumps([store.digest, len(rows), data_config, augmented], sort_keys=True,
                                             default=str).encode(), digest_size=16).hexdigest()
-        return StreamSet(store=store, rows=rows, y=y, view=self.modality.view(data_config, augment if augmented else None),
-                         mean=mean, std=std, digest=digest, shown=[split.paths[i] for i in rows],
+        return StreamSet(store=store, rows=rows, y=y, view=modality.view(data_config, augment if augmented else None),
+                         modality=modality, data_config=dict(data_config), digest=digest, shown=[split.paths[i] for i in rows],
                          augmented=augmented, pin_memory=pin_memory or self.pin_memory, known=self.skipped)
 
     def get(self, split: Any, data_config: Mapping[str, Any]) -> Any:
@@ -326,7 +336,8 @@ class TensorCache:
 
     def train(self, split: Any, data_config: Mapping[str, Any], augment: Augmentation, pin_memory: bool = False) -> Any:
         """The training split: the evaluation view when the trial does not augment, else a
-        :class:`StreamSet` that draws new augmented views every epoch (in pinned memory for a GPU)."""
-        if not augment.active:
+        :class:`StreamSet` that draws new augmented views every epoch (in pinned memory for a GPU).
+        A modality whose views take no augmentation (text) always gets the evaluation view."""
+        if not augment.active or not self.modality_for(data_config).augments:
             return self.get(split, data_config)
         return self.stream(split, data_config, augment, pin_memory=pin_memory)

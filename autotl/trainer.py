@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .errors import TrialError, UsageError
+from .modality import modality_of
 from .freeze import frozen_norm_layers, optimizer_param_groups, set_train_mode, set_trainable, trainable_groups
 from .model import AdaptedModel
 from .regularize import L2SP, set_drop_path
@@ -225,7 +226,7 @@ class _Phase:
 
         if self.cache is None:
             return None, "off"
-        why = uncacheable_reason(self.params)
+        why = uncacheable_reason(self.params, modality=modality_of(self.model.data_config))
         if why is not None or getattr(self.train, "augmented", False):
             return None, why or "augmentation"
         groups = _phase_groups(self.model, self.params, name)
@@ -234,7 +235,7 @@ class _Phase:
         split = plan_split(self.model, groups)
         if split is None:
             return None, "no cut point in this network"
-        per_image = verify_split(self.model, split, self.model.data_config["input_size"])
+        per_image = verify_split(self.model, split)
         if per_image is None:
             return None, "the split did not reproduce the network"
         if per_image * (len(self.train) + len(self.val)) > self.cache.max_bytes:
@@ -305,7 +306,7 @@ def fit(model: AdaptedModel, train: Any, val: Any, params: Any, *, epochs: int, 
     if result.lp_epochs:
         set_trainable(model, _phase_groups(model, params, "lp"))
     frozen_norms = frozen_norm_layers(module)
-    mixup = _mixup(params, task, model.num_outputs)
+    mixup = _mixup(params, task, model.num_outputs) if modality_of(model.data_config).mixable else None
     if mixup is not None:
         from timm.loss import SoftTargetCrossEntropy
 

@@ -34,7 +34,9 @@ class SourceModel:
         model_kwargs: keyword arguments for ``timm.create_model`` besides ``num_classes``.
         build_untrained: optional zero-argument callable returning the same architecture
             without weights; ``autotl backbones`` uses it so listing never downloads.
-        modality: the input kind; ``"image"`` for now.
+        modality: the input kind: ``"image"`` (the default), or another modality a plugin registers
+            (``"text"``); ``data_config["modality"]``, when given, takes precedence. A search uses
+            only the sources of its data's modality.
         description: one line for ``autotl backbones``.
         source_task: what the weights were trained on (``imagenet-1k``, ``builtin:digits-source``).
         metadata: any further JSON-able facts (source accuracy, licence, ...).
@@ -61,6 +63,11 @@ class SourceModel:
     precheck: Optional[Callable[[], None]] = None
 
 
+def source_modality(source: SourceModel) -> str:
+    """The input modality a source model reads: its ``data_config["modality"]``, else ``modality``."""
+    return str((source.data_config or {}).get("modality") or source.modality or "image")
+
+
 @dataclass(frozen=True)
 class TargetAdapter:
     """How a backbone is adapted to the target task (a linear head, an MLP head, LoRA, ...).
@@ -83,12 +90,18 @@ class TargetAdapter:
             strategy). LoRA: ``lambda name: False``; BitFit: biases only.
         merge: folds the adapter into plain layers before export, e.g. LoRA's
             ``merge_and_unload``; ``best/`` and ``autotl predict`` then need no adapter code.
-        exports_as: after ``merge``, the model has the structure that this other adapter builds
-            (e.g. ``"linear"``); the export records that adapter so it can be rebuilt.
+        exports_as: after ``merge``, the model has the structure that this other adapter builds:
+            its name, or ``autotl.PLAIN_HEAD`` for the registered ``plain_head`` adapter (LoRA);
+            the export records that adapter so it can be rebuilt.
         requires: importable modules the adapter needs (e.g. ``("peft",)``). A space that lists
             the adapter while one is missing drops it with a warning that says what to install.
         trains: which parameters train, in a few words (``"LoRA matrices + head"``), for
             ``autotl adapters``; empty shows ``?`` there.
+        plain_head: True for an adapter that only puts a plain linear layer on the backbone's
+            pooled features (``linear``). The core uses such an adapter wherever it needs just a
+            head and no searched adapter: ranking's features, ``autotl pretrain``, and the
+            structure a merged ``exports_as=PLAIN_HEAD`` adapter (LoRA) is exported as; the
+            search's default recipe prefers it. With none registered those say so in one line.
     """
 
     name: str
@@ -101,6 +114,7 @@ class TargetAdapter:
     exports_as: Optional[str] = None
     requires: Sequence[str] = ()
     trains: str = ""
+    plain_head: bool = False
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def test_builtin_adapters_register_through_the_public_hook(plugins):
     for name in ("autotl_heads", "autotl_peft", "autotl_cosine"):
         assert hooks[name] == ["autotl_register_target_adapters"]
     lora = plugins.adapters.get("lora")
-    assert lora.requires == ("peft",) and lora.exports_as == "linear" and lora.merge is not None
+    assert lora.requires == ("peft",) and lora.exports_as == autotl.PLAIN_HEAD and lora.merge is not None
     assert set(lora.space) == {"rank", "alpha", "dropout", "targets"}
     assert plugins.adapters.get("mlp").space == {"hidden": {"choices": [256, 512]}, "dropout": {"low": 0.0, "high": 0.5}}
 
@@ -243,3 +243,36 @@ def test_the_worked_example_in_the_docs_is_the_plugin_source():
         for line in block.splitlines():
             code = line.split("#", 1)[0].strip()
             assert not code or code in source, f"docs/plugins.md worked example: {code!r} is not in autotl_cosine"
+
+
+def test_the_core_takes_the_plain_head_from_whichever_plugin_registers_one(tmp_path, split_folder):
+    """With autotl_heads blocked, a plugin's own ``plain_head=True`` adapter serves ranking, pretraining,
+    a space without ``adapters`` (and its recipe) and LoRA's export."""
+    from autotl.defaults import recipe_params
+    from autotl.heads import plain_head_adapter
+    from autotl.space import SpaceFile, load_space_file, resolve_space
+
+    (tmp_path / "acme_head.py").write_text(
+        "from autotl import TargetAdapter, hookimpl\nfrom autotl_heads import attach_linear\n"
+        "@hookimpl\ndef autotl_register_target_adapters(register):\n"
+        "    register(TargetAdapter(name='acme/head', attach=attach_linear, exports_plain_timm=True,\n"
+        "                           plain_head=True))\n")
+    plugins = get_plugin_manager([str(tmp_path / "acme_head.py")], blocked=["autotl_heads"])
+    assert "linear" not in plugins.adapters
+    for needed_for in ("ranking", "pretraining"):
+        assert plain_head_adapter(plugins, needed_for).name == "acme/head"
+    (tmp_path / "bare.yaml").write_text("epochs: 1\n")
+    bare = load_space_file(str(tmp_path / "bare.yaml"))
+    assert isinstance(bare, SpaceFile) and bare.adapters == ()
+    space = resolve_space(bare, plugins, ["timm/test_vit"])
+    assert space.adapters == ("acme/head",) and space.plain_head == "acme/head"
+    assert recipe_params(space, "timm/test_vit")["adapter"] == "acme/head"
+    lora_params = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": "attn"}
+    lora = plugins.adapters.get("lora")
+    model = build(plugins, "timm/test_vit", "lora", lora_params)
+    _, target, kept = merged_for_export(model.module, model.module.state_dict(), lora, plugins, lora_params)
+    assert target.name == "acme/head" and kept == {}
+    (tmp_path / "empty.yaml").write_text("adapters: []\n")
+    with pytest.raises(autotl.SpaceError, match="adapters: the list is empty — list at least one adapter, or leave "
+                                                "adapters out for the plain linear head"):
+        load_space_file(str(tmp_path / "empty.yaml"))

@@ -105,8 +105,8 @@ def test_bad_folders(tmp_path, case, pattern):
 
 
 @pytest.mark.parametrize("content, pattern", [
-    ("file,class\na.png,cat\n", r"lacks the column\(s\) path, label"),
-    ("", r"lacks the column\(s\) path, label \(found: none\)"),
+    ("file,class\na.png,cat\n", r"lacks the column\(s\) path or text, label"),
+    ("", r"lacks the column\(s\) path or text, label \(found: none\)"),
     ("path,label\nA,cat\nB,\n", r"line 3 \('B'\): missing label"),
     ("path,target\nA,1.5\nB,\n", r"line 3 \('B'\): missing target"),
     ("path,target\nA,1.5\nB,tall\n", r"line 3 \('B'\): target 'tall' is not a finite number"),

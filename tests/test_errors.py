@@ -215,3 +215,94 @@ def test_a_warning_prints_as_one_line_with_what_to_do_and_no_source_path(tmp_pat
     assert len(shown) == 1, err
     assert shown[0].startswith("warning: zoo: skipped broken.json: ") and " — fix or remove " in shown[0]
     assert ".py:" not in err and "warnings.warn" not in err and "Traceback" not in err
+
+
+# --- what the core needs a plain head for, with autotl_heads blocked --------------------------
+
+PLAIN_HEAD_MISSING = ("needs a plain linear head adapter, and none is registered (autotl_heads is blocked) — drop "
+                      "--block-plugin autotl_heads or load a plugin that registers one (a TargetAdapter with "
+                      "plain_head=True)")
+
+
+def test_ranking_without_a_plain_head_says_what_is_missing_and_how_to_fix_it(split_folder, tmp_path, capsys):
+    code, _, err = run(["rank", str(split_folder), "--backbones", "timm/test_vit", "--device", "cpu",
+                        "--out", str(tmp_path / "rank"), "--block-plugin", "autotl_heads"], capsys)
+    assert code == 1 and one_line(err) == f"error: ranking {PLAIN_HEAD_MISSING}"
+    assert not (tmp_path / "rank").exists()
+
+
+def test_rank_sources_without_a_plain_head_is_one_error_not_every_backbone_skipped(split_folder):
+    from autotl import PluginError, get_plugin_manager
+    from autotl.ranking import rank_sources
+
+    blocked = get_plugin_manager(blocked=["autotl_heads"])
+    with pytest.raises(PluginError) as info:
+        rank_sources(blocked, None, ["timm/test_vit"], "cpu")
+    assert str(info.value) == f"ranking {PLAIN_HEAD_MISSING}"
+
+
+def test_a_search_without_a_plain_head_to_rank_with_searches_unranked_with_one_warning(split_folder, tmp_path):
+    from autotl import AutotlWarning
+
+    space = tmp_path / "cosine.yaml"
+    space.write_text("adapters: [cosine]\n")
+    with pytest.warns(AutotlWarning) as seen:
+        result = autotl.search(str(split_folder), space=str(space), backbones=["timm/test_vit", "timm/test_resnet"],
+                               trials=1, epochs=1, device="cpu", out=str(tmp_path / "run"), default_trials=0,
+                               report=False, blocked_plugins=["autotl_heads"])
+    assert sum(result.summary["trials"].values()) == 1 and not (tmp_path / "run" / "rank.json").exists()
+    shown = [str(w.message) for w in seen if "ranking" in str(w.message)]
+    assert shown == [f"skipped ranking the backbones: ranking {PLAIN_HEAD_MISSING}; the search goes on unranked "
+                     "(--no-rank skips ranking)"]
+
+
+def test_pretraining_without_a_plain_head_says_what_is_missing_and_how_to_fix_it(split_folder, tmp_path, capsys):
+    out = tmp_path / "zoo" / "mine.safetensors"
+    code, _, err = run(["pretrain", str(split_folder), "--backbone", "timm/test_resnet", "--epochs", "1",
+                        "--out", str(out), "--device", "cpu", "--block-plugin", "autotl_heads"], capsys)
+    assert code == 1 and one_line(err) == f"error: pretraining {PLAIN_HEAD_MISSING}"
+    assert not out.parent.exists()
+
+
+def test_a_lora_search_without_a_plain_head_to_export_as_stops_before_training(split_folder, tmp_path, capsys):
+    space = tmp_path / "lora.yaml"
+    space.write_text("adapters: [lora]\n")
+    code, _, err = run(["search", str(split_folder), "--space", str(space), "--backbones", "timm/test_vit",
+                        "--trials", "1", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"),
+                        "--block-plugin", "autotl_heads"], capsys)
+    assert code == 2 and one_line(err) == (f"error: {space}: adapters: exporting a 'lora' model "
+                                           f"{PLAIN_HEAD_MISSING}")
+    assert not (tmp_path / "run" / "best").exists()
+
+
+def test_exporting_a_trained_lora_model_without_a_plain_head_is_one_line(plugins):
+    """The same check where the export happens (best/, refit), for a caller that skipped the space."""
+    from autotl import PluginError, get_plugin_manager
+    from autotl.export import merged_for_export
+    from autotl.model import build_model
+
+    params = {"rank": 4, "alpha": 8, "dropout": 0.0, "targets": "attn_mlp"}
+    lora = plugins.adapters.get("lora")
+    model = build_model(plugins.sources.get("timm/test_vit"), lora, 2, params)
+    blocked = get_plugin_manager(blocked=["autotl_heads"])
+    with pytest.raises(PluginError) as info:
+        merged_for_export(model.module, model.module.state_dict(), lora, blocked, params)
+    assert str(info.value) == f"exporting a 'lora' model {PLAIN_HEAD_MISSING}"
+    state, target, kept = merged_for_export(model.module, model.module.state_dict(), lora, plugins, params)
+    assert target.name == "linear" and target.plain_head and kept == {}
+    assert not any("lora" in k for k in state)
+
+
+def test_a_space_whose_adapter_is_in_a_blocked_plugin_names_the_blocked_plugin(split_folder, tmp_path, capsys):
+    code, _, err = run(["search", str(split_folder), "--space", "quick", "--backbones", "timm/test_vit",
+                        "--device", "cpu", "--out", str(tmp_path / "run"), "--block-plugin", "autotl_heads"], capsys)
+    line = one_line(err)
+    assert code == 2 and line.startswith("error: ")
+    assert "adapters: unknown target adapter 'linear' — registered: " in line
+    assert line.endswith("(blocked with --block-plugin: autotl_heads; drop that flag if one of them registers it)")
+    space = tmp_path / "bare.yaml"
+    space.write_text("epochs: 1\n")  # no adapters: the registered plain head, so here none
+    code, _, err = run(["search", str(split_folder), "--space", str(space), "--backbones", "timm/test_vit",
+                        "--device", "cpu", "--out", str(tmp_path / "run"), "--block-plugin", "autotl_heads"], capsys)
+    assert code == 2 and one_line(err) == (f"error: {space}: adapters: a space without an adapters list "
+                                           f"{PLAIN_HEAD_MISSING}")

@@ -183,3 +183,127 @@ def test_same_module_under_two_names_is_one_line(tmp_path, monkeypatch):
     dist.write_text("[autotl]\ntwice_ep = autotl_twice\n")
     with pytest.raises(PluginError, match="plugin 'autotl_twice' is already loaded as 'twice_ep'"):
         get_plugin_manager(["autotl_twice"])
+
+
+# --- hook ordering: pluggy calls the hooks, so tryfirst, trylast and wrappers work --------------
+
+def _adapter_spy(monkeypatch):
+    """Record the order in which adapters are built, built-in and third-party alike: the built-in
+    ``autotl_heads`` and a plugin file both look ``TargetAdapter`` up when their hook runs."""
+    import autotl
+    import autotl_heads
+
+    log = []
+
+    def spy(**kwargs):
+        log.append(kwargs["name"])
+        return TargetAdapter(**kwargs)
+
+    monkeypatch.setattr(autotl_heads, "TargetAdapter", spy)
+    monkeypatch.setattr(autotl, "TargetAdapter", spy)
+    return log
+
+
+def test_tryfirst_and_trylast_registration_hooks_run_before_and_after_the_builtins(tmp_path, monkeypatch):
+    log = _adapter_spy(monkeypatch)
+    for name, order in (("early", "tryfirst"), ("late", "trylast")):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(f"""
+            import autotl
+            @autotl.hookimpl({order}=True)
+            def autotl_register_target_adapters(register):
+                register(autotl.TargetAdapter(name="{name}_head", attach=lambda b, n, p: b))
+        """))
+    plugins = get_plugin_manager([str(tmp_path / "late.py"), str(tmp_path / "early.py")])
+    assert log.index("early_head") < log.index("linear") < log.index("late_head"), log
+    assert plugins.adapters.owner("early_head") == "early" and plugins.adapters.owner("late_head") == "late"
+    assert plugins.adapters.owner("linear") == "autotl_heads"
+
+
+@pytest.mark.parametrize("style", ["wrapper", "hookwrapper"])
+def test_a_hook_wrapper_around_a_registration_hook_sees_the_call_and_may_register(tmp_path, style):
+    body = ("    calls.append(('before', sorted(settings.options)))\n"
+            "    register(SourceModel(name='wrap/extra', build=lambda: None))\n"
+            "    result = yield\n"
+            "    calls.append('after')\n")
+    if style == "wrapper":
+        body += "    return result\n"
+    (tmp_path / "wrapping.py").write_text(
+        "from autotl import SourceModel, hookimpl\ncalls = []\n"
+        f"@hookimpl({style}=True)\ndef autotl_register_source_models(register, settings):\n{body}")
+    plugins = get_plugin_manager([str(tmp_path / "wrapping.py")])
+    assert plugins.pm.get_plugin("wrapping").calls == [("before", []), "after"]
+    assert plugins.sources.owner("wrap/extra") == "wrapping"
+    assert plugins.sources.owner("timm/test_resnet") == "autotl_timm"  # the wrapped built-ins still ran
+
+
+def test_a_plugin_failing_inside_another_plugin_s_wrapper_is_the_one_named(tmp_path):
+    (tmp_path / "outer.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        @hookimpl(wrapper=True)
+        def autotl_register_target_adapters(register):
+            return (yield)
+    """))
+    (tmp_path / "inner.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        def helper():
+            raise KeyError("no head")
+        @hookimpl
+        def autotl_register_target_adapters(register):
+            helper()
+    """))
+    with pytest.raises(PluginError) as info:
+        get_plugin_manager([str(tmp_path / "outer.py"), str(tmp_path / "inner.py")])
+    assert str(info.value).startswith("plugin 'inner' failed in autotl_register_target_adapters: KeyError: 'no head'")
+    assert "\n" not in str(info.value)
+
+
+def test_an_observer_wrapper_sees_the_call_and_a_raising_observer_only_warns(tmp_path):
+    from autotl import AutotlWarning
+
+    (tmp_path / "watch.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        calls = []
+        @hookimpl(wrapper=True)
+        def autotl_trial_finished(record):
+            calls.append(("before", record))
+            result = yield
+            calls.append("after")
+            return result
+    """))
+    (tmp_path / "broken.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        @hookimpl(tryfirst=True)
+        def autotl_trial_finished(record):
+            raise ValueError("observer broke")
+    """))
+    (tmp_path / "quiet.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        seen = []
+        @hookimpl(trylast=True)
+        def autotl_trial_finished(record):
+            seen.append(record)
+    """))
+    plugins = get_plugin_manager([str(tmp_path / f"{n}.py") for n in ("watch", "broken", "quiet")])
+    with pytest.warns(AutotlWarning) as seen:
+        plugins.trial_finished("record-1")
+    assert [str(w.message) for w in seen] == [
+        "plugin 'broken' raised in autotl_trial_finished: ValueError: observer broke — fix the plugin, or stop "
+        "loading it with --block-plugin broken; the search goes on"]
+    assert plugins.pm.get_plugin("watch").calls == [("before", "record-1"), "after"]
+    assert plugins.pm.get_plugin("quiet").seen == ["record-1"]  # the observer after the broken one still ran
+
+
+def test_a_raising_observer_wrapper_is_named_in_a_warning(tmp_path):
+    from autotl import AutotlWarning
+
+    (tmp_path / "badwrap.py").write_text(textwrap.dedent("""
+        from autotl import hookimpl
+        @hookimpl(wrapper=True)
+        def autotl_search_finished(result):
+            yield
+            raise RuntimeError("after the others")
+    """))
+    plugins = get_plugin_manager([str(tmp_path / "badwrap.py")])
+    with pytest.warns(AutotlWarning, match="plugin 'badwrap' raised in autotl_search_finished: RuntimeError: "
+                                           "after the others"):
+        plugins.search_finished("result")

@@ -33,7 +33,7 @@ def refitted(tmp_path_factory):
     (root / "space.yaml").write_text(SPACE)
     result = autotl.search(str(data), space=str(root / "space.yaml"), backbones="timm/test_vit", trials=3,
                            device="cpu", out=str(root / "run"), study="s", quiet=True, rank=False, soup=0,
-                           warm_start="off", seed=2, refit=True)
+                           warm_start="off", seed=2)
     return root, result
 
 
@@ -88,11 +88,15 @@ def test_autotl_refit_run_reproduces_the_refit_bit_for_bit(refitted, tmp_path, c
     assert summary["refit"]["model_dir"] == str(run / "refit")
 
 
-def test_a_search_without_refit_has_none(split_folder, tmp_path):
-    result = autotl.search(str(split_folder), space="quick", backbones="timm/test_resnet", trials=1, epochs=1,
-                           device="cpu", out=str(tmp_path / "run"), quiet=True, rank=False, report=False,
-                           warm_start="off")
-    assert result.summary["refit"] is None and not (tmp_path / "run" / "refit").exists()
+def test_refit_is_on_by_default_and_no_refit_skips_it(split_folder, tmp_path, capsys):
+    args = [str(split_folder), "--space", "quick", "--backbones", "timm/test_resnet", "--trials", "1", "--epochs", "1",
+            "--device", "cpu", "--quiet", "--no-rank", "--no-report", "--warm-start", "off"]
+    assert main(["search", *args, "--out", str(tmp_path / "on")]) == 0
+    assert "Refit on train + val (1 epochs)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "on" / "summary.json").read_text())["refit"]["epochs"] == 1
+    assert main(["search", *args, "--out", str(tmp_path / "off"), "--no-refit"]) == 0
+    assert json.loads((tmp_path / "off" / "summary.json").read_text())["refit"] is None
+    assert not (tmp_path / "off" / "refit").exists()
 
 
 @pytest.mark.parametrize("case, pattern", [

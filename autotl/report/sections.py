@@ -52,7 +52,8 @@ def _header(facts: Mapping[str, Any]) -> Section:
         ["Study", h["study"]],
         ["Dataset", f"{ds.get('source', '?')} ({len(classes)} classes: {', '.join(map(str, classes[:12]))}"
                     f"{', ...' if len(classes) > 12 else ''})"],
-        ["Images", ", ".join(f"{s} {images.get(s, 0)}" for s in ("train", "val", "test"))
+        ["Images" if ds.get("modality", "image") == "image" else f"Samples ({ds['modality']})",
+         ", ".join(f"{s} {images.get(s, 0)}" for s in ("train", "val", "test"))
          + (" (val drawn from train, stratified)" if ds.get("val_from") == "stratified" else "")],
         ["Metric", f"val {h['metric']} ({h['direction']})"],
         ["Budget", _budget_text(budget)],

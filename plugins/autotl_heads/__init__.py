@@ -62,7 +62,7 @@ def attach_mlp(backbone: Any, num_outputs: int, params: Mapping[str, Any]) -> An
 @hookimpl
 def autotl_register_target_adapters(register):
     register(TargetAdapter(
-        name="linear", attach=attach_linear, space={}, exports_plain_timm=True,
+        name="linear", attach=attach_linear, space={}, exports_plain_timm=True, plain_head=True,
         description="the source classifier replaced by a linear layer",
         trains="linear head + unfrozen backbone",
     ))

@@ -18,13 +18,13 @@ from typing import Any, List, Mapping, Tuple
 
 from torch import nn
 
-from autotl import TargetAdapter, hookimpl
+from autotl import PLAIN_HEAD, TargetAdapter, hookimpl
 from autotl_heads import LinearHeadModel, attach_linear
 
 #: ``targets`` knob -> which layers of the body get LoRA. ``all``: every Linear and Conv2d.
 TARGETS = ("attn", "attn_mlp", "all")
 _ATTN = re.compile(r"attn|attention")
-_MLP = re.compile(r"mlp")
+_MLP = re.compile(r"mlp|intermediate\.dense|\.output\.dense")  # timm's mlp; BERT's feed-forward pair
 #: Path components that mark the input embedding of a network without timm's ``group_matcher``.
 _STEM_PARTS = {"stem", "conv_stem", "patch_embed", "embed", "embeddings"}
 
@@ -52,7 +52,8 @@ def body_layers(backbone: nn.Module) -> List[Tuple[str, nn.Module]]:
         return [(n, m) for n, m in layers
                 if not any(re.match(p, f"{n}.{pn}") for p in patterns for pn, _ in m.named_parameters())]
     body = [(n, m) for n, m in layers if not _STEM_PARTS & set(n.split("."))]
-    if layers and body and body[0][0] == layers[0][0]:
+    embeds = any(isinstance(m, nn.Embedding) for m in backbone.modules())  # token ids in: no layer reads pixels
+    if layers and body and body[0][0] == layers[0][0] and not embeds:
         body = body[1:]  # the first layer reads the raw image: the stem of a plain CNN
     return body
 
@@ -114,7 +115,7 @@ def autotl_register_target_adapters(register):
         space={"rank": {"choices": [4, 8, 16]}, "alpha": {"choices": [8, 16, 32]},
                "dropout": {"choices": [0.0, 0.1]}, "targets": {"choices": list(TARGETS)}},
         trains_backbone=_no_backbone,
-        merge=merge_lora, exports_as="linear", exports_plain_timm=True,
+        merge=merge_lora, exports_as=PLAIN_HEAD, exports_plain_timm=True,
         description="LoRA on the backbone's attention/MLP/conv layers plus a linear head; merged for export",
         trains="LoRA matrices + linear head",
     ))
