@@ -144,8 +144,11 @@ def budget_trials(study: optuna.Study) -> int:
     worker died counted once (the retry, not the failed attempt)."""
     from .promotion import CONTINUES_ATTR
 
+    from .promotion import NOT_RUN_ATTR
+
     started = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
-    return len(started) - sum("failed_trial" in t.system_attrs or CONTINUES_ATTR in t.user_attrs for t in started)
+    return len(started) - sum("failed_trial" in t.system_attrs or CONTINUES_ATTR in t.user_attrs
+                              or NOT_RUN_ATTR in t.user_attrs for t in started)
 
 
 class Budget:
@@ -159,11 +162,12 @@ class Budget:
         self.trials, self.max_trials, self.deadline, self.counter = trials, max_trials, deadline, counter
         self.claimed = 0
 
-    def claim(self, study: optuna.Study) -> bool:
-        """Take one trial of the budget; False when none is left."""
+    def claim(self, study: optuna.Study, running: int = 0) -> bool:
+        """Take one trial of the budget; False when none is left. ``running``: trials already started
+        that the study counts but that the claim is for (a trial Optuna has just handed over)."""
         if self.deadline is not None and time.time() >= self.deadline:
             return False
-        if self.max_trials is not None and budget_trials(study) >= self.max_trials:
+        if self.max_trials is not None and budget_trials(study) - running >= self.max_trials:
             return False
         if self.trials is None:
             return True
@@ -195,7 +199,7 @@ def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
     """Run trials in this process while the budget lasts."""
     from .bestmodel import offer
     from .heartbeat import Reaper
-    from .promotion import CONTINUES_ATTR, promote, rungs_for, waiting_continuation
+    from .promotion import CONTINUES_ATTR, NOT_RUN_ATTR, promote, rungs_for, waiting_continuation
     from .study import TrialRunner, best_other_value, run_one_trial
 
     study, config = ctx.study, ctx.config
@@ -218,6 +222,18 @@ def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
                          artifacts=ctx.artifacts)
     reaper = Reaper(study, ctx.heartbeat_s)
     rungs = rungs_for(ctx.space)
+    held = {"claim": True}  # whether this worker holds a budget claim for the trial it asks for
+
+    def admit(trial: optuna.Trial) -> bool:
+        """A worker that asked in order to run a continuation, and was handed a new trial instead
+        (another worker popped it first), claims the new trial now, or does not run it: never one
+        configuration past the command's --trials."""
+        if held["claim"] or CONTINUES_ATTR in trial.user_attrs:
+            return True
+        held["claim"] = budget.claim(study, running=1)
+        return held["claim"]
+
+    runner.admit = admit if rungs is not None else None
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     while True:
         reaper.reap()
@@ -234,11 +250,13 @@ def run_here(ctx: SearchContext, *, budget: Budget, progress: Any,
                                                 finish=True) is None:
                 break
             continuing = True
+        held["claim"] = not continuing
         ran.clear()
         run_one_trial(study, runner, trial_done, budget.deadline)
         if rungs is not None and ran:
-            new = CONTINUES_ATTR not in study.get_trials(deepcopy=False)[ran[-1]].user_attrs
-            budget.settle(claimed=not continuing, new=new)
+            trial = study.get_trials(deepcopy=False)[ran[-1]]
+            new = CONTINUES_ATTR not in trial.user_attrs and NOT_RUN_ATTR not in trial.user_attrs
+            budget.settle(claimed=held["claim"], new=new)
 
 
 def call_on_trial(on_trial: Optional[Callable[[TrialRecord], None]], record: TrialRecord) -> None:
@@ -382,6 +400,8 @@ def refit_search(ctx: SearchContext) -> Optional[Dict[str, Any]]:
     """``--refit``: the best setup trained again on train + validation; a failure never loses the search."""
     from .refit import RefitError, refit_best
 
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in ctx.study.get_trials(deepcopy=False)):
+        return None  # nothing to refit; the search already says that no trial completed
     try:
         return refit_best(ctx)
     except RefitError as exc:

@@ -33,6 +33,9 @@ CHECKPOINT_ATTR = "checkpoint"  # the artifact id of a paused trial's state
 CONTINUES_ATTR = "continues"  # the trial a continuation resumes
 RESUME_ATTR = "resume_from"  # the artifact id a continuation resumes from
 LINEAGE_ATTR = "lineage"  # the first trial of a lineage
+#: A trial that was not run: a worker without a budget claim was handed a new trial by Optuna (another
+#: worker had taken the continuation it queued) when the command's budget was spent.
+NOT_RUN_ATTR = "not_run"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_NAME = ".promote.lock"
 
@@ -206,4 +209,4 @@ def visible(trials: List[optuna.trial.FrozenTrial]) -> List[optuna.trial.FrozenT
     holds the whole curve)."""
     continued = {t.user_attrs[CONTINUES_ATTR] for t in trials if CONTINUES_ATTR in t.user_attrs
                  and t.state != optuna.trial.TrialState.WAITING}
-    return [t for t in trials if t.number not in continued]
+    return [t for t in trials if t.number not in continued and NOT_RUN_ATTR not in t.user_attrs]

@@ -305,6 +305,8 @@ class TrialRunner:
     broken: Dict[str, str] = field(default_factory=dict)  # source -> why its build failed in this search
     # The trial that just returned its value: offered to best/ once Optuna has stored it as COMPLETE.
     finished: Optional[tuple] = None
+    # May this trial start? Asked before anything is sampled; a worker's budget decides (driver.run_here).
+    admit: Optional[Callable[[optuna.Trial], bool]] = None
 
     def _fit(self, trial: optuna.Trial, model: Any, params: TrialParams) -> Any:
         from .tensors import Augmentation
@@ -372,6 +374,13 @@ class TrialRunner:
         beat = None if uses_optuna_heartbeats(trial.storage) else Heartbeat(trial.study, trial._trial_id,
                                                                             self.heartbeat_s)
         try:
+            if self.admit is not None and not self.admit(trial):
+                from .promotion import NOT_RUN_ATTR
+
+                attrs[NOT_RUN_ATTR] = True
+                raise TrialError("not run: this command's --trials were spent when Optuna handed this worker a "
+                                 "new trial (another worker had taken the continuation it queued)",
+                                 "nothing to do: the trial sampled nothing and is left out of every count")
             params = self.space.suggest(trial)
             attrs.update(backbone=params.backbone, adapter=params.adapter, params=_json(params.as_dict()),
                          max_epochs=self.space.epochs, device=str(self.device))
@@ -521,6 +530,10 @@ def run_one_trial(study: optuna.Study, runner: "TrialRunner", on_trial: Callable
     """One trial through ``study.optimize``; a failed trial is recorded and the search goes on."""
 
     def callback(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        from .promotion import NOT_RUN_ATTR
+
+        if NOT_RUN_ATTR in frozen.user_attrs:
+            return  # never ran: no record, no progress line
         runner.publish(frozen)  # Optuna has stored the trial's state: only now may it become best/
         on_trial(trial_record(study.study_name, frozen, study.direction == optuna.study.StudyDirection.MAXIMIZE))
 

@@ -61,3 +61,22 @@ def fit_paused(plugins, dataset, params, epochs, pause_at, tmp_path, cache, sele
     model = build(plugins, "timm/test_vit")
     resumed = fit(model, *data(model), params, resume=checkpoint, **kw)
     return straight, resumed
+
+
+def run_cli(args, capsys):
+    """Run the CLI as a user would: (exit code, stdout, stderr)."""
+    from autotl.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line(err: str) -> str:
+    """The one ``error:`` line of ``err``; fails when there is none, more than one, or a traceback."""
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]

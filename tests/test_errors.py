@@ -15,24 +15,10 @@ import pytest
 
 import autotl
 import autotl.storage
+from helpers import one_line, run_cli as run
 from autotl.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -19,26 +19,11 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 
 import autotl  # noqa: E402
-from autotl.cli import main  # noqa: E402
+from helpers import one_line, run_cli as run
 from conftest import make_split_folder  # noqa: E402
 
 SEARCH = dict(space="quick", backbones="timm/test_resnet", trials=1, epochs=1, device="cpu", report=False,
               quiet=True, rank=False, soup=0, warm_start="off", default_trials=0)
-
-
-def run(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +81,17 @@ def test_predict_with_the_onnx_model_matches_the_pytorch_predict(exported, capsy
             assert abs(float(got[f"p_{c}"]) - want[f"p_{c}"]) <= 1e-3
     folder_rows = autotl.predict(str(exported["onnx"]), images)  # the folder, through its config.json
     assert [r["label"] for r in folder_rows] == [r["label"] for r in torch_rows]
+
+
+@pytest.mark.slow
+def test_an_onnx_export_agrees_with_pytorch_on_100_test_images(tmp_path):
+    """The issue's figure: on a run whose test split holds hundreds of images (the digits demo), parity
+    is checked on 100 of them, at batch 1, 2, 5 and all, and the top-1 labels agree on >= 98 %."""
+    run = tmp_path / "run"
+    autotl.search("builtin:digits", out=str(run), **{**SEARCH, "backbones": "timm/test_vit", "epochs": 2})
+    info = autotl.export_model(str(run), out=str(tmp_path / "onnx"))
+    assert info["images"] == 100 and info["batch_sizes_checked"] == [1, 2, 5, 100]
+    assert info["passed"] and info["max_abs_diff"] <= 1e-3 and info["top1_agreement"] >= 0.98
 
 
 @pytest.mark.parametrize("task", ["multilabel", "regression"])

@@ -110,6 +110,32 @@ def test_a_continued_lineage_trains_bit_for_bit_like_its_never_paused_self(split
     assert straight.curve == [lineage.intermediate_values[e] for e in range(1, space.epochs + 1)]
 
 
+def test_a_worker_handed_a_new_trial_instead_of_its_continuation_never_runs_past_its_trials(
+        split_folder, tmp_path, monkeypatch):
+    """The race the 4-worker test can hit, made certain: each time this worker queues a continuation,
+    "another worker" pops it first, so Optuna hands this worker a new trial it holds no claim for. It
+    claims it if --trials has room, and otherwise does not run it: never a configuration too many."""
+    import autotl.promotion as promotion
+    from autotl.promotion import NOT_RUN_ATTR
+
+    real = promotion.promote
+
+    def promote_then_lose_it(study, *args, **kwargs):
+        number = real(study, *args, **kwargs)
+        if number is not None:  # another worker takes the continuation before this one asks
+            stolen = study.ask()
+            study.tell(stolen, state=optuna.trial.TrialState.PRUNED)
+        return number
+
+    monkeypatch.setattr(promotion, "promote", promote_then_lose_it)
+    promotion_search(split_folder, tmp_path, trials=9, report=False, timeout=60)  # the old code never ended
+    study = optuna.load_study(study_name="asha", storage=autotl.storage.make_storage(None, tmp_path / "run"))
+    sampled = [t for t in study.trials if CONTINUES_ATTR not in t.user_attrs and NOT_RUN_ATTR not in t.user_attrs]
+    assert len(sampled) == 9  # the old code charged such trials after the fact: one too many each time
+    assert any(NOT_RUN_ATTR in t.user_attrs for t in study.trials)  # the path ran
+    assert all(not t.params for t in study.trials if NOT_RUN_ATTR in t.user_attrs)  # nothing was sampled
+
+
 @pytest.mark.slow
 def test_four_workers_on_postgresql_continue_each_paused_trial_once(pg_database, split_folder, tmp_path):  # noqa: F811
     result = promotion_search(split_folder, tmp_path, trials=18, workers=4, storage=pg_database, report=False)

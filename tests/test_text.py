@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import autotl
+from helpers import one_line, run_cli
 from autotl import BuildError, DataError, ModelError, SpaceError
-from autotl.cli import main
 from autotl.data import load_dataset
 from conftest import FIXTURE_PLUGINS, make_folder
 
@@ -46,21 +46,6 @@ def make_text_csv(path: Path, per_class: int = 20, seed: int = 0, splits: bool =
 @pytest.fixture
 def text_csv(tmp_path) -> Path:
     return make_text_csv(tmp_path / "reviews.csv")
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # -- data ------------------------------------------------------------------------------------------
