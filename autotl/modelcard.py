@@ -30,6 +30,12 @@ def _loading(config: Mapping[str, Any], folder: Path) -> List[str]:
     else:
         lines += [f"This network needs the plugin that registers `{config.get('source_model')}`:", "",
                   "```bash", str(config.get("load", "")), "```"]
+    if data.get("modality", "image") != "image":
+        lines += ["", f"Inputs: {data.get('modality')}, prepared as `data_config` in `config.json` says (for text: "
+                      f"token ids of the source's tokenizer, at most {data.get('max_length')} tokens). Outputs "
+                      "follow `classes` in `config.json`.",
+                  "", f"Predict a CSV of new inputs: `autotl predict {folder} new.csv --out preds.csv`."]
+        return lines
     lines += ["", f"Inputs: RGB images resized and centre-cropped to {size} "
                   f"({data.get('interpolation', 'bilinear')}), scaled to [0, 1], normalised with mean "
                   f"{data.get('mean')} and std {data.get('std')}. Outputs follow `classes` in `config.json`.",
@@ -57,7 +63,7 @@ def model_card(config: Mapping[str, Any], summary: Mapping[str, Any], folder: Pa
              "## Data", "",
              f"- source: `{data.get('source')}`; task: {data.get('task', 'multiclass')}",
              f"- {len(classes)} classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}",
-             f"- images: {images.get('train', 0)} train, {images.get('val', 0)} validation "
+             f"- samples: {images.get('train', 0)} train, {images.get('val', 0)} validation "
              f"({data.get('val_from', 'given')}), {images.get('test', 0)} test",
              "", "## Scores", "", f"Metric: {summary.get('metric')} ({summary.get('direction')}).", ""]
     if refit:

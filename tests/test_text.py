@@ -254,6 +254,9 @@ def test_a_text_search_writes_the_run_folder(text_run):
     assert "Samples (text)" in report
     rows = list(csv.DictReader((run / "trials.csv").open()))
     assert len(rows) == 3
+    for folder in ("best", "refit"):  # the model cards speak of text, not of images
+        card = (run / folder / "README.md").read_text()
+        assert "token ids" in card and "RGB" not in card and "predict" in card
 
 
 def test_predict_on_an_unlabelled_text_csv(text_run, tmp_path, capsys):
