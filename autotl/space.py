@@ -54,7 +54,7 @@ CHOICES = {"backbone_lr": ("multiplier", "layer_decay"), "strategy": ("freeze_de
            "optimizer": ("adamw", "sgd"), "schedule": ("cosine", "linear", "constant"),
            "augmentation": ("none", "randaugment", "trivialaugment"), "l2sp": ("off", "on")}
 #: Knobs that ``when`` may name besides the sampled ones: fixed by the data, not searched.
-CONTEXT_KEYS = ("backbone", "adapter", "task")
+CONTEXT_KEYS = ("backbone", "adapter", "task", "modality")
 #: Knobs whose default applies only under another knob's value (None otherwise, so the report shows what applied).
 DEPENDENT_DEFAULTS = {"backbone_lr_mult": ("backbone_lr", "multiplier"), "layer_decay": ("backbone_lr", "layer_decay"),
                       "lp_fraction": ("strategy", "lp_ft"), "surgical_group": ("strategy", "surgical"),
@@ -180,6 +180,7 @@ class Space:
     adapter_specs: Mapping[str, Tuple[ParamSpec, ...]]
     epochs: int
     task: str = "multiclass"
+    modality: str = "image"  # the data's input kind: ``when: {modality: image}`` gates image-only knobs
     #: the first of ``adapters`` registered with ``plain_head=True``: the default recipe's adapter.
     plain_head: Optional[str] = None
 
@@ -192,7 +193,8 @@ class Space:
         """
         backbone = trial.suggest_categorical("backbone", list(self.backbones))
         adapter = trial.suggest_categorical("adapter", list(self.adapters))
-        sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": self.task}
+        sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": self.task,
+                                   "modality": self.modality}
         core = {name: spec[1] for name, spec in CORE_PARAMS.items()}
         for spec in self.file.params:
             if spec.name not in sampled and spec.applies(sampled):
@@ -557,7 +559,7 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
         raise SpaceError(f"--epochs must be at least 1, got {max_epochs}", "pass --epochs 1 or more")
     plain = next((n for n in usable if getattr(plugins.adapters.get(n), "plain_head", False)), None)
     return Space(file=file, backbones=tuple(names), adapters=tuple(usable), adapter_specs=adapter_specs,
-                 epochs=max_epochs, task=task, plain_head=plain)
+                 epochs=max_epochs, task=task, modality=modality, plain_head=plain)
 
 
 def _plain_head_name(file: SpaceFile, plugins: Any) -> str:

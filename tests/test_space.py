@@ -248,3 +248,23 @@ def test_bare_on_off_in_yaml_means_the_words(tmp_path, plugins):
     path.write_text("params:\n  l2sp: on\n  l2sp_weight: {low: 0.001, high: 0.01, log: true, when: {l2sp: on}}\n")
     params = resolve_space(load_space_file(str(path)), plugins, ["timm/test_vit"], 2).suggest(optuna.create_study().ask())
     assert params.l2sp == "on" and 0.001 <= params.l2sp_weight <= 0.01
+
+
+@pytest.mark.parametrize("space_name, image_only", [
+    ("default", {"hflip", "translate"}),
+    ("full", {"crop_scale", "hflip", "translate", "augmentation", "mixup_alpha", "cutmix_alpha"}),
+])
+def test_image_only_knobs_are_sampled_for_images_and_not_for_text(plugins, space_name, image_only):
+    """``when: {modality: image}``: augmentation knobs that do nothing to text are not searched on text."""
+    file = load_space_file(space_name)
+    for modality, expected in (("image", image_only), ("text", set())):
+        backbones = ["timm/test_resnet"] if modality == "image" else ["text/test-bert"]
+        space = resolve_space(file, plugins, backbones, modality=modality)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+        sampled = set()
+        for _ in range(6):
+            trial = study.ask()
+            space.suggest(trial)
+            sampled |= set(trial.params)
+            study.tell(trial, 0.5)
+        assert sampled & image_only == expected, modality
