@@ -70,7 +70,8 @@ def project_params(space: Space, backbone: str, wanted: Dict[str, Any]) -> Dict[
     allows to ``wanted`` (knob values by plain or Optuna name; missing knobs take the recipe's)."""
     adapter = wanted.get("adapter") if wanted.get("adapter") in space.adapters else (
         space.plain_head or space.adapters[0])  # the recipe: a plain head when the space has one
-    sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": space.task}
+    sampled: Dict[str, Any] = {"backbone": backbone, "adapter": adapter, "task": space.task,
+                               "modality": space.modality}
     out: Dict[str, Any] = {"backbone": backbone, "adapter": adapter}
     plain = {k.split("@", 1)[0]: v for k, v in wanted.items()}
     for spec in space.file.params:
