@@ -130,7 +130,7 @@ def refit_run(run_dir: str, *, data: Optional[str] = None, storage: Optional[str
 
     from .config import RunConfig
     from .driver import prepare
-    from .runfolder import SUMMARY_NAME
+    from .runfolder import SUMMARY_NAME, write_summary
     from .space import BUILTIN_SPACES
     from .storage import JOURNAL_NAME
 
@@ -168,9 +168,7 @@ def refit_run(run_dir: str, *, data: Optional[str] = None, storage: Optional[str
     ctx = prepare(config, create=False)
     info = refit_best(ctx)
     summary["refit"] = stored_refit(ctx.study, ctx.artifacts)
-    tmp = folder / f".{SUMMARY_NAME}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(folder / SUMMARY_NAME)
+    write_summary(folder, summary)
     from .modelcard import write_model_card
 
     write_model_card(Path(ctx.artifacts) / REFIT_DIR, summary, refit=True)

@@ -120,10 +120,15 @@ def write_trials_csv(path: Path, records: List[TrialRecord]) -> None:
                              "lineage": ">".join(map(str, r.lineage))})
 
 
-def write_run_folder(out_dir: Path, summary: Dict[str, Any], records: List[TrialRecord]) -> None:
+def write_summary(out_dir: Path, summary: Dict[str, Any]) -> None:
+    """``summary.json``, replaced in one step (a reader never sees half of it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".{SUMMARY_NAME}.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     tmp.replace(out_dir / SUMMARY_NAME)
+
+
+def write_run_folder(out_dir: Path, summary: Dict[str, Any], records: List[TrialRecord]) -> None:
+    write_summary(out_dir, summary)
     write_trials_csv(out_dir / TRIALS_NAME, records)
 

@@ -120,3 +120,10 @@ def test_refit_of_a_run_folder_it_cannot_use_fails_in_one_line(refitted, tmp_pat
     assert main(["refit", str(run)]) == 1
     err = capsys.readouterr().err.strip()
     assert re.search(pattern, err) and "\n" not in err and "Traceback" not in err
+
+
+def test_a_negative_default_trials_is_refused_by_the_cli(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["search", "builtin:digits", "--default-trials", "-1"])
+    assert info.value.code == 2
+    assert "--default-trials: expected a whole number >= 0, got '-1'" in capsys.readouterr().err
