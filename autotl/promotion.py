@@ -157,8 +157,11 @@ def lineage(trial: optuna.trial.FrozenTrial) -> int:
 def promote(study: optuna.Study, rungs: Rungs, artifacts: Path, maximize: bool,
             limit_mb: Optional[float] = None, finish: bool = False) -> Optional[int]:
     """Keep the checkpoints within ``limit_mb`` (:func:`trim_checkpoints`), then queue the continuation
-    of the best promotable paused trial, highest rung first; returns the number of the trial it
-    continues, or None when no paused trial is promotable now. ``finish``: the search has no budget
+    of the best promotable paused trial, highest rung first. A paused trial is promotable when it is
+    among the best ``1/eta`` of the lineages that reached its rung and the rung has sent on fewer than
+    ``1/eta`` of them so far: without that quota, the asynchronous rule promotes early trials that later
+    ones would have displaced, and a rung sends on more than a synchronous halving would. Returns the
+    number of the trial it continues, or None when no paused trial is promotable now. ``finish``: the search has no budget
     left and no configuration trained to the end, so the best paused trial of the highest rung goes on
     whatever its rung's size (a search always ends with a fully trained model)."""
     with file_lock(Path(artifacts) / LOCK_NAME):
@@ -171,7 +174,11 @@ def promote(study: optuna.Study, rungs: Rungs, artifacts: Path, maximize: bool,
                 if level in t.intermediate_values and t.state != optuna.trial.TrialState.WAITING:
                     at_level.setdefault(lineage(t), t.intermediate_values[level])
             ranked = sorted(at_level, key=lambda n: at_level[n], reverse=maximize)
-            top = set(ranked if finish else ranked[:len(ranked) // rungs.eta])
+            quota = len(ranked) // rungs.eta
+            gone_on = sum(1 for t in trials if t.number in continued and t.user_attrs.get(PAUSED_ATTR) == level)
+            if not finish and gone_on >= quota:
+                continue  # the rung has sent on its 1/eta share (a synchronous halving's count)
+            top = set(ranked if finish else ranked[:quota])
             waiting = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED
                        and t.user_attrs.get(PAUSED_ATTR) == level and t.number not in continued
                        and lineage(t) in top and _held(t, artifacts)]

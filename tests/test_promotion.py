@@ -223,3 +223,46 @@ def test_a_warm_start_pauses_and_goes_on_like_any_trial(split_folder, tmp_path, 
     for t in study.trials:  # a continuation keeps its lineage's origin and params
         if t.user_attrs.get(CONTINUES_ATTR) == 0:
             assert t.user_attrs["origin"] == "warm start: close" and t.params == first.params
+
+
+def test_a_rung_sends_on_no_more_than_a_synchronous_halving_would(tmp_path):
+    """Asynchronous promotion (ASHA) promotes the best 1/eta of the lineages a rung holds *so far*: a
+    trial promoted early stays promoted when later, better ones push it out of that share, so a rung
+    sent on more than 1/eta of its lineages (156 epochs where a halving trains ~106). The quota caps
+    what a rung sends on at 1/eta of the lineages that reached it."""
+    from autotl.promotion import CHECKPOINT_ATTR, CHECKPOINT_DIR, promote
+
+    study = optuna.create_study(direction="maximize")
+    (tmp_path / CHECKPOINT_DIR).mkdir()
+    rungs = Rungs(min_epochs=1, max_epochs=4, eta=2)
+    promoted = []
+
+    def pause(value: float) -> None:
+        ident = f"ckpt{len(study.trials)}"
+        (tmp_path / CHECKPOINT_DIR / ident).write_bytes(b"state")
+        trial = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"x": value},
+                                          distributions={"x": optuna.distributions.FloatDistribution(0, 1)},
+                                          intermediate_values={1: value},
+                                          user_attrs={PAUSED_ATTR: 1, CHECKPOINT_ATTR: ident})
+        study.add_trial(trial)
+
+    def promote_all() -> None:
+        while (parent := promote(study, rungs, tmp_path, maximize=True)) is not None:
+            promoted.append(parent)
+            waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[-1]
+            study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)  # the continuation claimed and run
+            assert waiting.user_attrs[CONTINUES_ATTR] == parent
+
+    # Each pair of lineages that arrives is better than every one before it.
+    for value in (0.2, 0.1):
+        pause(value)
+    promote_all()
+    for value in (0.6, 0.5):
+        pause(value)
+    promote_all()
+    for value in (0.9, 0.8):
+        pause(value)
+    promote_all()
+    lineages_at_rung = 6
+    assert len(promoted) == lineages_at_rung // rungs.eta  # 3; without the quota 0.2, 0.6, 0.5, 0.9 and 0.8 went on
+    assert [study.trials[n].params["x"] for n in promoted] == [0.2, 0.6, 0.9]
