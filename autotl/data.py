@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from .errors import DataError, warn
-from .modality import IMAGE, UNREADABLE
+from .modality import IMAGE, UNREADABLE, get_modality
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = {"train": ("train",), "val": ("val", "valid", "validation"), "test": ("test",)}
@@ -102,6 +102,10 @@ def items_digest(items: Sequence[Any], modality: str = "image") -> str:
     """A hash naming the items' content: a file by its path, size and modification time; an
     in-memory sample by its bytes; a text (``modality="text"``) by its characters."""
     h = hashlib.blake2b(digest_size=16)
+    if "+" in modality:  # a composite's item holds one input per part (image+text: path, text)
+        for part, name in enumerate(modality.split("+")):
+            h.update(f"part{part}:{items_digest([item[part] for item in items], name)}".encode())
+        return h.hexdigest()
     for item in items:
         if modality == "text":
             data = str(item).encode("utf-8", "surrogatepass")
@@ -160,10 +164,14 @@ LABEL_SEPARATOR = ";"
 def _csv_task(path: Path, columns: Sequence[str], task: str) -> Tuple[str, str, str]:
     """The task, the column holding its target, and the column holding the inputs (``path`` for
     image files, ``text`` for texts)."""
-    inputs = [c for c in ("path", "text") if c in columns]
+    if "image" in columns and "text" in columns and "path" not in columns:
+        inputs = ["image+text"]  # one image file and one text per row
+    else:
+        inputs = [c for c in ("path", "text") if c in columns]
     if len(inputs) == 2:
         raise DataError(f"{path.name} has both a path and a text column",
-                        "keep path (image files) or text (one text per row), not both")
+                        "keep path (image files) or text (one text per row), not both; for an image and a text "
+                        "per row, name the columns image and text")
     if task == "auto":
         task = next((name for name, column in TASK_COLUMNS.items() if column in columns), "multiclass")
     candidates = [TASK_COLUMNS[task], *[c for c in TASK_COLUMNS.values() if c != TASK_COLUMNS[task]]]
@@ -171,8 +179,8 @@ def _csv_task(path: Path, columns: Sequence[str], task: str) -> Tuple[str, str, 
     if not inputs or column is None:
         missing = [c for c in ("path or text" if not inputs else "", TASK_COLUMNS[task] if column is None else "") if c]
         raise DataError(f"{path.name} lacks the column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})",
-                        "give the CSV a header row with path (image files) or text, and label (one class), labels "
-                        "(several, separated by ;) or target (a number), and optionally split")
+                        "give the CSV a header row with path (image files), text, or image and text, and label (one "
+                        "class), labels (several, separated by ;) or target (a number), and optionally split")
     return task, column, inputs[0]
 
 
@@ -195,7 +203,7 @@ def _csv_target(task: str, value: str, where: str) -> Any:
 
 def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], str, str]:
     """The CSV's rows per split, its task, and its modality (``image`` for a path column, ``text``
-    for a text column)."""
+    for a text column, ``image+text`` for image and text columns: an item is (image path, text))."""
     if not path.is_file():
         raise DataError(f"CSV file {str(path)!r} does not exist", "check the path")
     with path.open(newline="", encoding="utf-8") as fh:
@@ -205,10 +213,11 @@ def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], 
         splits: Dict[str, List[Item]] = {}
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) or v is None else "" for k, v in row.items()}
-            if not row.get(source):
-                what = "image path" if source == "path" else "text"
-                raise DataError(f"{path.name} line {line}: empty {source}", f"fill in the {what} or drop the row")
-            shown = row["path"] if source == "path" else _short(row["text"])
+            for column_name in (("image", "text") if source == "image+text" else (source,)):
+                if not row.get(column_name):
+                    what = "text" if column_name == "text" else "image path"
+                    raise DataError(f"{path.name} line {line}: empty {column_name}", f"fill in the {what} or drop the row")
+            shown = row["path"] if source == "path" else row["image"] if source == "image+text" else _short(row["text"])
             target = _csv_target(task, row.get(column, ""), f"{path.name} line {line} ({shown!r})")
             split = (row.get("split") or "train").lower()
             canon = next((s for s, names in SPLIT_NAMES.items() if split in names), None)
@@ -217,12 +226,13 @@ def _csv_splits(path: Path, task: str = "auto") -> Tuple[Dict[str, List[Item]], 
             if source == "text":  # the text itself is the item; its row is what warnings show
                 splits.setdefault(canon, []).append((row["text"], target, f"{path.name} line {line}"))
                 continue
-            img_path = Path(row["path"])
+            img_path = Path(row["image" if source == "image+text" else "path"])
             img_path = img_path if img_path.is_absolute() else path.parent / img_path
-            splits.setdefault(canon, []).append((img_path, target, str(img_path)))
+            item = (img_path, row["text"]) if source == "image+text" else img_path
+            splits.setdefault(canon, []).append((item, target, str(img_path)))
     if not splits.get("train"):
         raise DataError(f"{path.name} has no training rows", "add rows (split empty or train)")
-    return splits, task, "image" if source == "path" else "text"
+    return splits, task, {"path": "image", "text": "text"}.get(source, source)
 
 
 def _short(text: str, width: int = 40) -> str:
@@ -322,8 +332,12 @@ def load_dataset(spec: str, plugins: Any = None, *, seed: int = 0, val_fraction:
 
     decoded: Dict[str, list] = {}
     skipped: List[str] = []
+    if modality not in ("image", "text") and plugins is None:  # a plugin's modality: load the plugins
+        from .plugins import get_plugin_manager
+        plugins = get_plugin_manager()
+    reader = IMAGE if modality == "image" else get_modality(modality) if modality != "text" else None
     for split, items in raw.items():  # texts were checked while reading: non-empty strings
-        decoded[split], bad = _probe_all(items, IMAGE) if modality == "image" else (list(items), [])
+        decoded[split], bad = _probe_all(items, reader) if reader is not None else (list(items), [])
         skipped += bad
     if skipped:
         warn(f"skipped {len(skipped)} unreadable or corrupt image(s), e.g. {skipped[0]}",
@@ -376,29 +390,38 @@ def _classes(spec: str, task: str, decoded: Mapping[str, list]) -> Tuple[str, ..
     return classes
 
 
-def read_texts(path: str) -> List[Tuple[str, str]]:
-    """The texts of an unlabelled CSV with a ``text`` column (other columns are ignored), each with
-    its row as shown (``new.csv line 2``): what ``autotl predict`` reads for a text model.
+def read_texts(path: str, modality: str = "text") -> List[Tuple[Any, str]]:
+    """The inputs of an unlabelled CSV, each with its row as shown (``new.csv line 2``): what ``autotl
+    predict`` reads for a model of another modality than images. ``text``: the ``text`` column, one
+    text per row; ``image+text``: the ``image`` and ``text`` columns, an (image path relative to the
+    CSV, text) pair per row. Other columns are ignored.
 
     Raises:
-        DataError: the file is missing or not a CSV with a ``text`` column, a text is empty, or it holds no rows.
+        DataError: the file is missing or not a CSV with those columns, a cell is empty, or it holds no rows.
     """
+    needed = ("image", "text") if modality == "image+text" else ("text",)
+    what = "an image and a text column" if len(needed) == 2 else "a text column, one text per row"
     file = Path(path)
     if not file.is_file() or file.suffix.lower() != ".csv":
-        raise DataError(f"{path!r} is not a CSV file", "pass CSV files with a text column, one text per row")
+        raise DataError(f"{path!r} is not a CSV file", f"pass CSV files with {what}")
     with file.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [(c or "").strip() for c in (reader.fieldnames or [])]
-        if "text" not in columns:
-            raise DataError(f"{file.name} has no text column (found: {', '.join(columns) or 'none'})",
-                            "give the CSV a header row with a text column, one text per row")
-        out = []
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise DataError(f"{file.name} has no {' and no '.join(missing)} column (found: {', '.join(columns) or 'none'})",
+                            f"give the CSV a header row with {what}")
+        out: List[Tuple[Any, str]] = []
         for line, row in enumerate(reader, start=2):
-            text = next(((v or "").strip() for k, v in row.items() if (k or "").strip() == "text" and isinstance(v, str)), "")
-            if not text:
-                raise DataError(f"{file.name} line {line}: empty text", "fill in the text or drop the row")
-            out.append((text, f"{file.name} line {line}"))
+            cells = {(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str) or v is None}
+            for column in needed:
+                if not cells.get(column):
+                    raise DataError(f"{file.name} line {line}: empty {column}", f"fill in the {column} or drop the row")
+            if modality == "image+text":
+                image = Path(cells["image"])
+                out.append(((image if image.is_absolute() else file.parent / image, cells["text"]), f"{file.name} line {line}"))
+            else:
+                out.append((cells["text"], f"{file.name} line {line}"))
     if not out:
-        raise DataError(f"{file.name} has no rows", "add one text per row under the header")
+        raise DataError(f"{file.name} has no rows", "add one input per row under the header")
     return out
-

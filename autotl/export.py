@@ -25,6 +25,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"  # how to rebuild the model
 BEST_DIR = "best"  # a run folder's model: <run>/best/ (autotl.bestmodel decides what it holds)
 PLUGINS_KEY = "plugins"  # in a format "autotl" config.json: which plugin registered the source model and adapter
+PLAIN_KEY = "plain_export"  # in config.json: the source's plain-library copy of the model (SourceModel.plain_export)
 
 
 def model_lock(folder: Path) -> Path:
@@ -140,6 +141,8 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
     tmp.mkdir(parents=True)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_NAME))
+        if getattr(source, "plain_export", None) is not None:
+            config[PLAIN_KEY] = _plain_export(source, adapter, state, tmp, config)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
     except BaseException:  # e.g. a full disk: leave the old best/ as it was, and no half-written folder
         shutil.rmtree(tmp, ignore_errors=True)
@@ -151,6 +154,31 @@ def save_model(directory: str, state: Mapping[str, torch.Tensor], *, source: Sou
         os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
     return config
+
+
+def _plain_export(source: SourceModel, adapter: TargetAdapter, state: Mapping[str, torch.Tensor], folder: Path,
+                  config: Mapping[str, Any]) -> Dict[str, Any]:
+    """What ``config.json`` records under ``plain_export``: the source's own export of the model in its
+    library's format (:attr:`autotl.SourceModel.plain_export`), written into ``folder`` beside the
+    autotl files, when the adapter is the plain head; otherwise (or when the source's export refuses
+    these weights) ``why_not``. The model folder is written either way: the plain copy is an extra."""
+    from .errors import AutotlError, warn
+
+    if not getattr(adapter, "plain_head", False):
+        return {"library": None, "why_not": f"the {adapter.name!r} adapter is not a plain linear head on the pooled "
+                                            "features (only the plain head, or an adapter merged into it such as "
+                                            "LoRA, exports without autotl); load it with autotl predict"}
+    try:
+        record = dict(source.plain_export(state, folder, dict(config)) or {})
+        json.dumps(record)
+    except AutotlError as exc:
+        return {"library": None, "why_not": str(exc)}
+    except Exception as exc:  # a plugin's bug must not cost the search its best model
+        line = (str(exc).strip().splitlines() or [""])[0][:200]
+        warn(f"source model {source.name!r}: its plain export failed ({type(exc).__name__}: {line})",
+             "the autotl model folder is written; load it with autotl predict, and report the plugin's bug")
+        return {"library": None, "why_not": f"the source's plain export failed: {type(exc).__name__}: {line}"}
+    return record
 
 
 def _load_flag(record: Mapping[str, Any]) -> Optional[str]:
@@ -279,26 +307,34 @@ def predict(model_dir: str, images: Sequence[str], *, plugins: Any = None, devic
     if onnx_model_file(model_dir) is not None:
         return predict_onnx(model_dir, images, device=device, out=out)
     module, config = load_model(model_dir, plugins)
-    if (config.get("data_config") or {}).get("modality", "image") == "image":
-        paths: Sequence[Any] = _expand_images(images)
-        data = image_tensors(paths, config)
-    else:
-        rows = _read_texts(images)
-        paths = [{"row": shown, "text": text} for text, shown in rows]
-        data = input_tensors([text for text, _ in rows], config)
+    paths, data = read_inputs(images, config)
     dev = resolve_device(device)
     outputs = predict_outputs(module.to(dev), data, dev, task_from_config(config))
     return prediction_rows(paths, outputs, config, out=out)
 
 
-def _read_texts(files: Sequence[str]) -> List[Tuple[str, str]]:
-    """Every text of the CSV files (see :func:`autotl.data.read_texts`), as ModelErrors."""
+def read_inputs(images: Sequence[str], config: Mapping[str, Any]) -> Tuple[List[Any], Any]:
+    """What ``autotl predict`` reads for the saved model ``config`` describes: each input's leading
+    columns (an image's path; a text's row and text) and the model's input tensors, prepared as the
+    search prepared them. Images: files or folders; another modality (text): CSV files (see
+    :func:`predict`). Shared by the PyTorch and the ONNX paths so both see exactly the same inputs."""
+    if (config.get("data_config") or {}).get("modality", "image") == "image":
+        paths: List[Any] = _expand_images(images)
+        return paths, image_tensors(paths, config)
+    rows = _read_texts(images, config["data_config"]["modality"])
+    paths = [{"row": shown, **({"image": str(item[0]), "text": item[1]} if isinstance(item, tuple) else {"text": item})}
+             for item, shown in rows]
+    return paths, input_tensors([item for item, _ in rows], config)
+
+
+def _read_texts(files: Sequence[str], modality: str = "text") -> List[Tuple[Any, str]]:
+    """Every input of the CSV files (see :func:`autotl.data.read_texts`), as ModelErrors."""
     from .data import read_texts
 
-    rows: List[Tuple[str, str]] = []
+    rows: List[Tuple[Any, str]] = []
     for f in files:
         try:
-            rows += read_texts(f)
+            rows += read_texts(f, modality)
         except DataError as exc:
             raise ModelError(exc.what, exc.fix or "pass CSV files with a text column") from exc
     return rows

@@ -38,6 +38,30 @@ def trainable_groups(n_groups: int, *, strategy: str = "freeze_depth", freeze_de
     return frozenset(range(frozen_group_count(freeze_depth, n_groups), n_groups))
 
 
+def tower_knob(params: Any, tower: str, knob: str, first: Any) -> Any:
+    """A composite network's part's own value of ``knob`` (``text_freeze_depth``, ``text_lr_mult``: the
+    trial's ``<tower>_<knob>``); ``first`` (the shared knob's value) when the trial has none, and
+    always for the first part, which the shared knobs (``freeze_depth``, ``backbone_lr_mult``) set."""
+    value = getattr(params, f"{tower}_{knob}", None)
+    return first if value is None else value
+
+
+def model_trainable_groups(model: AdaptedModel, params: Any, phase: str = "ft") -> FrozenSet[int]:
+    """Which of the model's layer groups train in ``phase`` under the trial's freeze strategy; a
+    composite network's parts (``model.towers``) each count their own groups and freeze depth."""
+    def groups(n: int, depth: float) -> FrozenSet[int]:
+        return trainable_groups(n, strategy=params.strategy, freeze_depth=depth,
+                                surgical_group=params.surgical_group, phase=phase)
+
+    if not model.towers:
+        return groups(len(model.groups), params.freeze_depth)
+    out = set()
+    for i, (name, indices) in enumerate(model.towers):
+        depth = params.freeze_depth if i == 0 else tower_knob(params, name, "freeze_depth", params.freeze_depth)
+        out |= {indices[k] for k in groups(len(indices), depth)}
+    return frozenset(out)
+
+
 def set_trainable(model: AdaptedModel, groups: Iterable[int]) -> List[str]:
     """Let the head and the backbone parameters of ``groups`` train (where the adapter allows);
     freeze the rest. Returns the frozen parameter names."""
@@ -88,13 +112,16 @@ def _no_weight_decay(module: nn.Module) -> set:
 
 
 def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone_lr: str,
-                           backbone_lr_mult: float = 1.0, layer_decay: float = 1.0) -> List[Dict[str, Any]]:
+                           backbone_lr_mult: float = 1.0, layer_decay: float = 1.0,
+                           tower_lr_mults: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
     """Parameter groups with an ``lr_scale`` relative to the head's learning rate.
 
     ``multiplier``: every backbone parameter gets ``backbone_lr_mult``. ``layer_decay``: timm's
     ``param_groups_layer_decay`` when the network has a ``group_matcher`` (per block), else
     ``layer_decay ** distance`` over autotl's layer groups. Biases, norms and the network's
-    ``no_weight_decay()`` names get no weight decay.
+    ``no_weight_decay()`` names get no weight decay. A composite network's parts (``model.towers``)
+    count their layer-decay distance each from its own last group, and ``tower_lr_mults`` (by part)
+    scales a part's rates on top.
     """
     module = model.module
     if backbone_lr == "layer_decay" and hasattr(module, "group_matcher"):
@@ -117,15 +144,20 @@ def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone
     n_groups = len(model.groups)
     skip_decay = _no_weight_decay(module)
     buckets: Dict[Tuple[float, float], List[nn.Parameter]] = {}
+    tower_of = {g: (tower, max(indices)) for tower, indices in model.towers if indices for g in indices}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
+        group = group_of.get(name, n_groups - 1)
+        tower, last = tower_of.get(group, (None, n_groups - 1))
         if name in model.head:
             scale = 1.0
         elif backbone_lr == "layer_decay":
-            scale = layer_decay ** (n_groups - group_of.get(name, n_groups - 1))
+            scale = layer_decay ** (last + 1 - group)
         else:
             scale = backbone_lr_mult
+        if name not in model.head and tower is not None:
+            scale *= (tower_lr_mults or {}).get(tower, 1.0)
         wd = 0.0 if (param.ndim <= 1 or name in skip_decay) else weight_decay
         buckets.setdefault((scale, wd), []).append(param)
     return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in buckets.items()]

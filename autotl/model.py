@@ -28,6 +28,10 @@ class AdaptedModel:
     num_outputs: int
     trains_backbone: Optional[Callable[[str], bool]] = None  # the adapter's say on which backbone params train
     architecture: Optional[str] = None  # the timm architecture that rebuilds the backbone (see timm_architecture)
+    #: A composite source's parts (``autotl.composite``): (modality name, its layer groups' indices in
+    #: ``groups``), input part first; empty for a one-part network. Each part freezes and scales its
+    #: learning rate on its own (``autotl.freeze.tower_groups``).
+    towers: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()
 
     def group_of(self) -> Dict[str, int]:
         return {name: i for i, names in enumerate(self.groups) for name in names}
@@ -82,7 +86,9 @@ def resolve_data_config(source: SourceModel, net: Optional[nn.Module] = None,
     for key, value in (knobs or {}).items():
         if key in DATA_KNOBS and key in given and value is not None:
             given[key] = value
-    cfg = get_modality(name).resolve(given)
+    modality = get_modality(name)
+    # A composite's parts resolve against their own networks (an image part through timm, off the net).
+    cfg = modality.resolve(given, net) if getattr(modality, "parts", None) else modality.resolve(given)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
@@ -115,7 +121,9 @@ def layer_groups(net: nn.Module, source: SourceModel) -> List[List[str]]:
     regexes (unmatched parameters join the last group), else their top-level children.
     """
     names = [n for n, p in net.named_parameters()]
-    if hasattr(net, "group_matcher"):
+    if hasattr(net, "autotl_layer_groups"):  # a network that knows its groups (a composite's parts')
+        groups = [list(g) for g in net.autotl_layer_groups()]
+    elif hasattr(net, "group_matcher"):
         from timm.models import group_parameters
 
         grouped = group_parameters(net, net.group_matcher(coarse=True))
@@ -221,10 +229,24 @@ def build_model(source: SourceModel, adapter: TargetAdapter, num_outputs: int,
                          "make attach() return the model")
     name_of = {id(p): n for n, p in module.named_parameters()}
     head = frozenset(n for n, p in module.named_parameters() if id(p) not in backbone_ids)
-    groups = tuple(tuple(name_of[i] for i in g if i in name_of) for g in groups_by_id)
-    return AdaptedModel(module=module, head=head, groups=tuple(g for g in groups if g),
+    groups = [tuple(name_of[i] for i in g if i in name_of) for g in groups_by_id]
+    kept = [i for i, g in enumerate(groups) if g]
+    return AdaptedModel(module=module, head=head, groups=tuple(groups[i] for i in kept),
                         data_config=data_config, num_outputs=num_outputs, trains_backbone=adapter.trains_backbone,
-                        architecture=architecture)
+                        architecture=architecture, towers=_towers(net, kept))
+
+
+def _towers(net: nn.Module, kept: List[int]) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """The network's ``autotl_towers`` ((modality, number of its layer groups), in group order) as
+    indices into the groups that were kept (non-empty); () for a one-part network."""
+    towers = list(getattr(net, "autotl_towers", None) or ())
+    if not towers:
+        return ()
+    out, start = [], 0
+    for name, count in towers:
+        out.append((str(name), tuple(kept.index(i) for i in range(start, start + int(count)) if i in kept)))
+        start += int(count)
+    return tuple(out)
 
 
 def count_parameters(module: nn.Module) -> int:

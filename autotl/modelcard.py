@@ -1,7 +1,8 @@
 """The model card: ``README.md`` in ``best/`` and ``refit/``, for whoever receives the folder alone.
 
 It says what the model was trained on and for, how well it did on data it never saw, how it was
-chosen, what the search cost, and how to load it with plain timm or onnxruntime, without autotl.
+chosen, what the search cost, and how to load it with plain timm (images), plain transformers (text
+models with a plain head, from the ``transformers/`` copy the source's plugin wrote) or onnxruntime.
 Written at the end of a search (and of a refit), from ``summary.json`` and the folder's own
 ``config.json``, under the folder's swap lock, and only while the folder still holds the model the
 summary describes (another worker may have replaced it since).
@@ -35,6 +36,11 @@ def _loading(config: Mapping[str, Any], folder: Path) -> List[str]:
                       f"token ids of the source's tokenizer, at most {data.get('max_length')} tokens). Outputs "
                       "follow `classes` in `config.json`.",
                   "", f"Predict a CSV of new inputs: `autotl predict {folder} new.csv --out preds.csv`."]
+        lines += _plain_library(config)
+        lines += ["", "With onnxruntime: export once (tokenization stays in autotl: `autotl predict` on the ONNX "
+                      "folder tokenizes as `data_config` says).", "", "```bash",
+                  f"autotl export {folder} --format onnx --out exported/",
+                  "autotl predict exported/model.onnx new.csv --out preds.csv", "```"]
         return lines
     lines += ["", f"Inputs: RGB images resized and centre-cropped to {size} "
                   f"({data.get('interpolation', 'bilinear')}), scaled to [0, 1], normalised with mean "
@@ -46,6 +52,21 @@ def _loading(config: Mapping[str, Any], folder: Path) -> List[str]:
               "probabilities = session.run(None, {session.get_inputs()[0].name: batch})[0]  # batch: N x 3 x H x W float32",
               "```", "", f"Or predict a folder of images: `autotl predict {folder} IMAGES --out preds.csv`."]
     return lines
+
+
+def _plain_library(config: Mapping[str, Any]) -> List[str]:
+    """The lines on the copy of the model in its source's own library (``plain_export`` in
+    ``config.json``, written by the source's plugin): the code that reproduces autotl's outputs, or
+    why there is none."""
+    plain = config.get("plain_export")
+    if not isinstance(plain, Mapping):
+        return []
+    if plain.get("load") and plain.get("library"):
+        return ["", f"Without autotl, with plain {plain['library']} + torch: `{plain.get('folder')}/` in this folder "
+                    f"holds the model ({', '.join(plain.get('files') or [])}). Run this from this folder; "
+                    "its `predict` gives the outputs `autotl predict` reports:",
+                "", "```python", str(plain["load"]).rstrip("\n"), "```"]
+    return ["", f"No copy for plain libraries: {plain.get('why_not', 'the source could not write one')}."]
 
 
 def model_card(config: Mapping[str, Any], summary: Mapping[str, Any], folder: Path, refit: bool = False) -> str:

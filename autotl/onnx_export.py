@@ -4,9 +4,16 @@
 ends in the task's outputs (class probabilities, label probabilities or the regression value), so
 plain onnxruntime gives what ``autotl predict`` reports, not raw logits. Beside it go
 ``config.json`` (the saved model's config with ``format: "onnx"``: classes and preprocessing) and
-``export.json``: how far onnxruntime's outputs are from PyTorch's on up to 100 held-out images at
+``export.json``: how far onnxruntime's outputs are from PyTorch's on up to 100 held-out inputs at
 batch sizes 1, 2, 5 and all of them. An export whose difference exceeds the tolerance is an error,
 so a model that silently computes something else is never handed on.
+
+The graph's input is the model's input tensor as the search fed it: for images float32
+``(N, 3, H, W)`` named ``image``, preprocessed; for another modality what its ``Modality`` makes
+(text: int64 ``(N, max_length)`` token ids, named by the modality's ``onnx_input``, ``input_ids``).
+Preparing the inputs (decoding, tokenizing) stays in autotl: ``config.json`` keeps the
+``data_config`` (for text, the tokenizer spec), and ``autotl predict`` on the ONNX model prepares
+them exactly as for the PyTorch model.
 
 onnx, onnxruntime and onnxscript (which ``torch.onnx.export`` needs) are optional:
 ``pip install 'autotl[onnx]'``. Nothing here imports them until it is used.
@@ -21,11 +28,12 @@ import numpy as np
 import torch
 
 from .errors import AutotlError, ModelError, UsageError
-from .export import CONFIG_NAME, _expand_images, image_tensors, load_model, model_folder, prediction_rows
+from .export import (CONFIG_NAME, PLAIN_KEY, _expand_images, _read_texts, image_tensors, input_tensors, load_model,
+                     model_folder, prediction_rows, read_inputs)
 
 ONNX_NAME = "model.onnx"
 REPORT_NAME = "export.json"  # the parity figures
-INPUT_NAME = "image"
+INPUT_NAME = "image"  # the graph's input for images; another modality names its own (Modality.onnx_input)
 MAX_PARITY_IMAGES = 100
 PARITY_BATCH_SIZES = (1, 2, 5)  # and the whole set: batch 1 and odd sizes catch a batch axis fixed by mistake
 PREDICT_BATCH = 64
@@ -69,15 +77,16 @@ def export_onnx(run_or_model_dir: str, out_dir: str, *, images: Optional[Sequenc
     Args:
         run_or_model_dir: a run folder, its ``best/``, or any folder :func:`autotl.export.save_model` wrote.
         out_dir: where ``model.onnx``, ``config.json`` and ``export.json`` go (created if needed).
-        images: image files or folders to check parity on; default: the run's test split. Up to
-            100 of them, evenly spaced, are used.
+        images: image files or folders to check parity on (for a text model: CSV files with a
+            ``text`` column); default: the run's test split. Up to 100 inputs, evenly spaced, are used.
         tolerance: the largest absolute difference between onnxruntime's and PyTorch's outputs
             (probabilities, or regression values) that passes.
         plugins: the loaded plugins, for a ``format: "autotl"`` model.
 
     Returns:
         What ``export.json`` holds: ``max_abs_diff``, ``top1_agreement`` (None for regression),
-        ``images``, ``batch_sizes_checked``, ``tolerance``, ``passed``, ``opset``, the versions of
+        ``images`` (the number of inputs checked, texts too), ``modality``, ``input`` (the graph's
+        input name, dtype and shape), ``batch_sizes_checked``, ``tolerance``, ``passed``, ``opset``, the versions of
         torch, onnx and onnxruntime, and the paths written.
 
     Raises:
@@ -94,20 +103,17 @@ def export_onnx(run_or_model_dir: str, out_dir: str, *, images: Optional[Sequenc
         raise UsageError(f"--tolerance must be a number >= 0, got {tolerance!r}", "pass e.g. --tolerance 1e-3")
     folder = model_folder(str(run_or_model_dir))
     module, config = load_model(str(run_or_model_dir), plugins)
-    kind = (config.get("data_config") or {}).get("modality", "image")
-    if kind != "image":
-        raise UsageError(f"ONNX export is for image models; the model in {folder} reads {kind} input",
-                         "use the saved best/ folder with autotl predict")
+    kind = _kind(config)
     task = task_from_config(config)
     items, where = _parity_items(folder, config, images, plugins)
-    data = image_tensors(items, config)  # preprocessed exactly as autotl predict does it
-    x = data.x.detach().to("cpu", torch.float32).contiguous()
+    x = _model_inputs(items, config)  # prepared exactly as autotl predict does it
+    input_name = _input_name(config)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / ONNX_NAME
     wrapper = TaskOutputs(module.to("cpu").float().eval(), task).eval()
-    _export_graph(wrapper, x, onnx_path, task, config)
+    _export_graph(wrapper, x, onnx_path, task, config, input_name)
     try:
         onnx.checker.check_model(str(onnx_path))
     except Exception as exc:  # onnx.checker.ValidationError, or a file it cannot read
@@ -116,21 +122,27 @@ def export_onnx(run_or_model_dir: str, out_dir: str, *, images: Optional[Sequenc
     opset = next((int(o.version) for o in onnx.load(str(onnx_path), load_external_data=False).opset_import
                   if o.domain in ("", "ai.onnx")), None)
 
-    onnx_config = {**config, "format": "onnx", "onnx": ONNX_NAME, "onnx_input": INPUT_NAME,
+    dtype = str(x.dtype).replace("torch.", "")
+    onnx_config = {**{k: v for k, v in config.items() if k != PLAIN_KEY}, "format": "onnx", "onnx": ONNX_NAME,
+                   "onnx_input": input_name, "onnx_input_type": {"dtype": dtype, "shape": ["batch", *x.shape[1:]]},
                    "onnx_output": output_name(task), "onnx_opset": opset, "exported_from": str(folder),
                    "exported_format": config.get("format")}
+    prepared = ("preprocessed as data_config says" if kind == "image" else
+                f"{kind} prepared as data_config says (autotl predict does it; for text: token ids of data_config's "
+                "tokenizer, right-padded with its pad_id)")
     onnx_config["load"] = (f"import onnxruntime; session = onnxruntime.InferenceSession('{ONNX_NAME}'); "
-                           f"{output_name(task)} = session.run(None, {{'{INPUT_NAME}': x}})[0]  "
-                           f"# x: float32 (N, {', '.join(map(str, x.shape[1:]))}), preprocessed as data_config says")
+                           f"{output_name(task)} = session.run(None, {{'{input_name}': x}})[0]  "
+                           f"# x: {dtype} (N, {', '.join(map(str, x.shape[1:]))}), {prepared}")
     (out / CONFIG_NAME).write_text(json.dumps(onnx_config, indent=2, default=str))
 
     session = _session(onnx_path, "cpu")
-    diff, agreement, sizes = _parity(wrapper, session, x, task)
+    diff, agreement, sizes = _parity(wrapper, session, x, task, input_name)
     import onnxscript
 
     report = {
         "model": str(onnx_path), "exported_from": str(folder), "task": task.name,
         "max_abs_diff": diff, "top1_agreement": agreement, "images": int(len(x)), "image_source": where,
+        "modality": kind, "input": {"name": input_name, "dtype": dtype, "shape": ["batch", *x.shape[1:]]},
         "batch_sizes_checked": sizes, "tolerance": float(tolerance),
         "passed": diff is not None and diff <= tolerance, "opset": opset,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
@@ -139,7 +151,7 @@ def export_onnx(run_or_model_dir: str, out_dir: str, *, images: Optional[Sequenc
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     if not report["passed"]:
         shown = "not a finite number" if diff is None else f"{diff:.3g}"
-        raise ModelError(f"the ONNX model differs from the PyTorch model by up to {shown} on {len(x)} image(s), "
+        raise ModelError(f"the ONNX model differs from the PyTorch model by up to {shown} on {len(x)} {_noun(kind)}, "
                          f"above the tolerance {tolerance:g} (see {out / REPORT_NAME})",
                          "rerun with --debug to see the exporter's warnings, or pass a larger --tolerance if "
                          "that difference is acceptable")
@@ -151,18 +163,52 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
 
 
+def _kind(config: Mapping[str, Any]) -> str:
+    """The saved model's input modality (``image`` unless its data config names another)."""
+    return str((config.get("data_config") or {}).get("modality") or "image")
+
+
+def _noun(kind: str) -> str:
+    return "image(s)" if kind == "image" else f"{kind}(s)" if kind.isalpha() else f"{kind} input(s)"
+
+
+def _input_name(config: Mapping[str, Any]) -> str:
+    """The graph's input name: ``image``, or what the modality names (``Modality.onnx_input``; text:
+    ``input_ids``), else the modality's name."""
+    kind = _kind(config)
+    if kind == "image":
+        return INPUT_NAME
+    from .modality import get_modality
+
+    return str(getattr(get_modality(kind), "onnx_input", None) or kind)
+
+
+def _model_inputs(items: Sequence[Any], config: Mapping[str, Any]) -> torch.Tensor:
+    """``items`` as the model's input tensor on the CPU, prepared as ``autotl predict`` prepares them:
+    float32 images, or the modality's own tensor (text: int64 token ids)."""
+    data = image_tensors(items, config) if _kind(config) == "image" else input_tensors(items, config)
+    x = data.x.detach().to("cpu")
+    return (x.float() if x.is_floating_point() else x).contiguous()
+
+
 def _export_graph(wrapper: torch.nn.Module, x: torch.Tensor, path: Path, task: Any,
-                  config: Mapping[str, Any]) -> None:
+                  config: Mapping[str, Any], input_name: str = INPUT_NAME) -> None:
     """``torch.onnx.export`` (the dynamo exporter, fp32, CPU) with a dynamic batch axis, quietly
-    (its progress lines and warnings only with --debug, through the warning filters)."""
+    (its progress lines, warnings and onnxscript's optimizer log only with --debug, through the
+    warning filters and the logger's level)."""
+    import logging
     import warnings
 
     example = x[:2] if len(x) >= 2 else x[:1].expand(2, *x.shape[1:]).contiguous()  # batch 1 would fix the axis
     weight_bytes = sum(p.numel() * 4 for p in wrapper.parameters())
+    log = logging.getLogger("onnxscript")
+    level = log.level
+    if not log.isEnabledFor(logging.DEBUG):  # e.g. "Evaluation failed: ..." while folding constants
+        log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+            torch.onnx.export(wrapper, (example,), str(path), dynamo=True, input_names=[input_name],
                               output_names=[output_name(task)], verbose=False,
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                               external_data=weight_bytes > EXTERNAL_DATA_BYTES)
@@ -173,9 +219,11 @@ def _export_graph(wrapper: torch.nn.Module, x: torch.Tensor, path: Path, task: A
         raise ModelError(f"torch.onnx.export could not export {name}: {_first_line(exc)}",
                          "rerun with --debug for the exporter's traceback; the PyTorch model still predicts "
                          "with autotl predict") from exc
+    finally:
+        log.setLevel(level)
 
 
-def _parity(wrapper: torch.nn.Module, session: Any, x: torch.Tensor, task: Any
+def _parity(wrapper: torch.nn.Module, session: Any, x: torch.Tensor, task: Any, input_name: str = INPUT_NAME
             ) -> Tuple[Optional[float], Optional[float], List[int]]:
     """onnxruntime against PyTorch on ``x`` at each batch size (the set is cycled so every batch is
     full, even with fewer images than the batch): the largest absolute difference (None if not
@@ -188,7 +236,7 @@ def _parity(wrapper: torch.nn.Module, session: Any, x: torch.Tensor, task: Any
     worst, agreement = 0.0, []
     for b in sizes:
         idx = np.resize(np.arange(n), -(-n // b) * b)
-        got = np.concatenate([session.run(None, {INPUT_NAME: xs[idx[i:i + b]]})[0] for i in range(0, len(idx), b)])
+        got = np.concatenate([session.run(None, {input_name: xs[idx[i:i + b]]})[0] for i in range(0, len(idx), b)])
         expected = ref[idx]
         if got.shape != expected.shape:
             raise ModelError(f"the ONNX model gives outputs of shape {got.shape[1:]} at batch {b}, PyTorch "
@@ -203,15 +251,23 @@ def _parity(wrapper: torch.nn.Module, session: Any, x: torch.Tensor, task: Any
 
 def _parity_items(folder: Path, config: Mapping[str, Any], images: Optional[Sequence[str]],
                   plugins: Any) -> Tuple[List[Any], str]:
-    """Up to 100 held-out images, evenly spaced: from ``images`` when given, else the test split the
-    run recorded (``summary.json``'s, or the study's, ``dataset``)."""
+    """Up to 100 held-out inputs, evenly spaced: from ``images`` when given (image files or folders;
+    for another modality, CSV files as ``autotl predict`` reads them), else the test split the run
+    recorded (``summary.json``'s, or the study's, ``dataset``)."""
+    kind = _kind(config)
     if images:
-        items, where = list(_expand_images(images)), "--images"
+        if kind == "image":
+            items = list(_expand_images(images))
+        else:
+            items = [item for item, _ in _read_texts(images, kind)]
+        where = "--images"
     else:
         found = recorded_test_items(folder, config, plugins)
         if isinstance(found, str):
-            raise ModelError(f"no images to check the ONNX model on: {found}",
-                             "pass --images with a few held-out image files or folders")
+            what = "images" if kind == "image" else f"{kind} inputs"
+            fix = ("pass --images with a few held-out image files or folders" if kind == "image" else
+                   "pass --images with a CSV of held-out inputs (a text column, as autotl predict reads)")
+            raise ModelError(f"no {what} to check the ONNX model on: {found}", fix)
         items, where = found
     if len(items) > MAX_PARITY_IMAGES:
         keep = np.unique(np.linspace(0, len(items) - 1, num=MAX_PARITY_IMAGES).round().astype(int))
@@ -359,14 +415,34 @@ def _session(model: Path, device: str) -> Any:
                          "export the model again with autotl export") from exc
 
 
+def _ensure_modality(kind: str) -> None:
+    """Make sure the modality that prepares this model's inputs is registered: an ONNX predict loads
+    no plugins, so for another modality than images, load the default ones (the built-in
+    ``autotl_text`` registers ``text``)."""
+    if kind == "image":
+        return
+    from .errors import PluginError
+    from .modality import get_modality
+
+    try:
+        get_modality(kind)
+    except PluginError:
+        from .plugins import get_plugin_manager
+
+        get_plugin_manager()  # registers the modalities of the built-in and installed plugins
+        get_modality(kind)  # still missing: its one-line error
+
+
 def predict_onnx(model_path: str, images: Sequence[str], *, device: str = "auto",
                  out: Optional[str] = None) -> List[Dict[str, Any]]:
     """:func:`autotl.export.predict` through onnxruntime: the same preprocessing and the same rows
     (and CSV), from ``model.onnx`` and its ``config.json``; no PyTorch model is built."""
     _require("onnxruntime")
     model, config = read_onnx_config(model_path)
-    paths = _expand_images(images)
-    xs = image_tensors(paths, config).x.detach().to("cpu", torch.float32).numpy()
+    _ensure_modality(_kind(config))
+    paths, data = read_inputs(images, config)
+    x = data.x.detach().to("cpu")
+    xs = (x.float() if x.is_floating_point() else x).numpy()
     session = _session(model, device)
     name = session.get_inputs()[0].name
     outputs = np.concatenate([session.run(None, {name: xs[i:i + PREDICT_BATCH]})[0]

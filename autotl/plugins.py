@@ -24,7 +24,7 @@ from .types import DatasetSource, PluginSettings, RunResult, SourceModel, Target
 
 #: First-party plugins, loaded first and through the same hooks a third party uses.
 BUILTIN_PLUGINS = ("autotl_timm", "autotl_heads", "autotl_peft", "autotl_cosine", "autotl_zoo", "autotl_datasets",
-                   "autotl_lite0", "autotl_text")
+                   "autotl_lite0", "autotl_text", "autotl_fusion")
 ENTRY_POINT_GROUP = "autotl"
 AUTOLOAD_ENV = "AUTOTL_DISABLE_PLUGIN_AUTOLOAD"
 DEFAULT_ZOO = "~/.cache/autotl/zoo"
@@ -68,7 +68,10 @@ class Plugins:
             PluginError: a plugin's hook raised; one line naming the plugin and the hook.
             RegistryError: a plugin registered something invalid or twice.
         """
+        from .composite import compose_source
+
         order = [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
+        self.sources.compose = lambda name: compose_source(self.sources, name)
         for hook_name, registry in (
             ("autotl_register_source_models", self.sources),
             ("autotl_register_target_adapters", self.adapters),

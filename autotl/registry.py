@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from typing import Dict, Generic, Iterable, List, Sequence, Tuple, Type, TypeVar
+from typing import Callable, Dict, Generic, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 from .errors import RegistryError
 
@@ -35,6 +35,11 @@ class Registry(Generic[T]):
         #: plugin names in the order they were loaded; a duplicate name is blamed on the plugin loaded
         #: later, whichever hook pluggy happened to call first (``tryfirst``, LIFO, ...).
         self.load_order: Sequence[str] = ()
+        #: Builds an item that is not registered from its name, or returns None: composite source
+        #: models (``image+text`` pairs, ``autotl.composite``) exist for every pair of registered parts,
+        #: so they are made when asked for and never listed. Returns (item, owning plugin).
+        self.compose: Optional[Callable[[str], Optional[Tuple[T, str]]]] = None
+        self._composed: Dict[str, T] = {}
 
     def register(self, item: T, plugin: str) -> None:
         if not isinstance(item, self.item_type):
@@ -66,12 +71,19 @@ class Registry(Generic[T]):
         self._owner[name] = plugin
 
     def get(self, name: str) -> T:
-        try:
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            raise RegistryError(f"unknown {self.kind} {name!r}", close_matches(name, self._items)) from None
+        if name not in self._composed and self.compose is not None:
+            made = self.compose(name)
+            if made is not None:
+                self._composed[name], self._owner[name] = made
+        if name in self._composed:
+            return self._composed[name]
+        raise RegistryError(f"unknown {self.kind} {name!r}", close_matches(name, self._items))
 
     def owner(self, name: str) -> str:
+        if name not in self._owner:
+            self.get(name)
         return self._owner[name]
 
     def names(self) -> List[str]:
@@ -81,7 +93,13 @@ class Registry(Generic[T]):
         return [(n, self._items[n]) for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        if name in self._items or name in self._composed:
+            return True
+        try:
+            self.get(name)  # type: ignore[arg-type]
+            return True
+        except RegistryError:
+            return False
 
     def __len__(self) -> int:
         return len(self._items)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from .composite import SEPARATOR, composite_modality, composite_names
 from .errors import AutotlError, PluginError, RegistryError, SpaceError, warn
 from .heads import blocked_plugins, export_target, plain_head_adapter
 from .selection import DEFAULT_RULE
@@ -49,6 +50,10 @@ CORE_PARAMS: Dict[str, Tuple[type, Any, Any, Any]] = {
     "l2sp_weight": (float, 0.01, 0.0, 10.0),
     # Sets the source's data_config["max_length"] (text: tokens per input) when it has one; None keeps the source's.
     "max_length": (int, None, 1, 8192),
+    # A composite source's text part (image+text): its own freeze depth (None: freeze_depth's) and a
+    # multiplier of its learning rate on top of the backbone's (None: 1).
+    "text_freeze_depth": (float, None, 0.0, 1.0),
+    "text_lr_mult": (float, None, 0.0, 100.0),
 }
 CHOICES = {"backbone_lr": ("multiplier", "layer_decay"), "strategy": ("freeze_depth", "lp_ft", "surgical"),
            "optimizer": ("adamw", "sgd"), "schedule": ("cosine", "linear", "constant"),
@@ -139,6 +144,8 @@ class TrialParams:
     l2sp: str = "off"
     l2sp_weight: Optional[float] = None
     max_length: Optional[int] = None
+    text_freeze_depth: Optional[float] = None
+    text_lr_mult: Optional[float] = None
 
     def data_knobs(self) -> Dict[str, Any]:
         """The knobs that set keys of the source's data config (:data:`autotl.model.DATA_KNOBS`)."""
@@ -516,6 +523,9 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     """
     include, exclude = (tuple(backbones), ()) if backbones else (file.include, file.exclude)
     key = "--backbones" if backbones else f"{file.path}: backbones"
+    composite = composite_modality(modality)
+    if composite is not None:  # every combination of part sources (image+text: each image x each text source)
+        include = tuple(piece for pattern in include for piece in pattern.split(SEPARATOR))
     try:
         names = plugins.sources.match(include, exclude)
     except RegistryError as exc:
@@ -523,7 +533,15 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     if not names:
         raise SpaceError(f"{key}: every matching source model is excluded",
                          "widen the include globs or drop some excludes")
-    names = _of_modality(plugins, names, key, modality, warn_left_out=bool(backbones))
+    if composite is not None:
+        names = composite_names(plugins.sources, composite, include, exclude)
+        if not names:
+            kinds = " and ".join(composite.parts)
+            raise SpaceError(f"{key}: {modality} data needs a {kinds} source model each, and the patterns do not "
+                             f"match one of every kind", f"name both, e.g. --backbones 'zoo/*,text/*' "
+                             "(autotl backbones lists each one's input)")
+    else:
+        names = _of_modality(plugins, names, key, modality, warn_left_out=bool(backbones))
     names = usable_sources(plugins, names, key)
     adapter_specs = {}
     usable = []

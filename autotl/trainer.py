@@ -21,7 +21,8 @@ from torch import nn
 
 from .errors import TrialError, UsageError
 from .modality import modality_of
-from .freeze import frozen_norm_layers, optimizer_param_groups, set_train_mode, set_trainable, trainable_groups
+from .freeze import (frozen_norm_layers, model_trainable_groups, optimizer_param_groups, set_train_mode, set_trainable,
+                     tower_knob)
 from .model import AdaptedModel
 from .regularize import L2SP, set_drop_path
 from .selection import Selection
@@ -152,7 +153,9 @@ def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_e
 
     groups = optimizer_param_groups(model, weight_decay=params.weight_decay, backbone_lr=params.backbone_lr,
                                     backbone_lr_mult=1.0 if params.backbone_lr_mult is None else params.backbone_lr_mult,
-                                    layer_decay=1.0 if params.layer_decay is None else params.layer_decay)
+                                    layer_decay=1.0 if params.layer_decay is None else params.layer_decay,
+                                    tower_lr_mults={name: tower_knob(params, name, "lr_mult", 1.0)
+                                                    for name, _ in model.towers[1:]})
     extra = {"momentum": 0.9 if params.momentum is None else params.momentum} if params.optimizer == "sgd" else {}
     optimizer = create_optimizer_v2(groups, opt=params.optimizer, lr=params.head_lr, weight_decay=params.weight_decay,
                                     **extra)
@@ -175,8 +178,7 @@ def lp_epochs(params: Any, epochs: int) -> int:
 
 
 def _phase_groups(model: AdaptedModel, params: Any, phase: str):
-    return trainable_groups(len(model.groups), strategy=params.strategy, freeze_depth=params.freeze_depth,
-                            surgical_group=params.surgical_group, phase=phase)
+    return model_trainable_groups(model, params, phase)
 
 
 def _mixup(params: Any, task: Task, num_classes: int):

@@ -45,6 +45,17 @@ class SourceModel:
             ``autotl.BuildError(what, fix)`` when it cannot (e.g. the weights are on a hub that
             cannot be reached and not in its local cache). A space leaves such a source out,
             with one warning line per reason, instead of failing its trials one by one.
+        plain_export: optional ``plain_export(state, folder, config) -> Mapping`` that writes a
+            trained model of this source, when its adapter is the plain head (a linear layer on the
+            pooled features, or an adapter merged into one), in its own library's format (e.g. a
+            ``transformers/`` subfolder) into ``folder``, the model folder being written.
+            ``state``: the model's exported weights (backbone and head, by the adapted model's
+            names); ``config``: what ``config.json`` holds (classes, data config, task). It returns
+            what ``config.json`` records under ``plain_export`` (``library``, ``folder``, a ``load``
+            snippet), or raises ``autotl.ModelError(what, fix)`` when these weights do not fit
+            (recorded as ``why_not``). The export calls it for every model folder it writes
+            (``best/``, ``top/``, ``refit/``, a soup), so it must not depend on the network's code
+            being importable later.
     """
 
     name: str
@@ -61,6 +72,7 @@ class SourceModel:
     source_task: Optional[str] = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     precheck: Optional[Callable[[], None]] = None
+    plain_export: Optional[Callable[[Any, Any, Mapping[str, Any]], Mapping[str, Any]]] = None
 
 
 def source_modality(source: SourceModel) -> str:

@@ -367,10 +367,14 @@ def test_a_real_minilm_linear_probe_learns_keyword_sentiment(tmp_path, plugins):
     assert result.best_value >= 0.8, result.curve
 
 
-def test_onnx_export_of_a_text_model_is_refused(text_run, tmp_path, capsys):
+def test_onnx_export_of_a_text_run_without_a_test_split_asks_for_texts(text_run, tmp_path, capsys):
+    """Text models export to ONNX (tests/test_text_export.py); with no test split to check parity on
+    and no --images, the export stops in one line before exporting."""
     for module in ("onnx", "onnxruntime", "onnxscript"):
         pytest.importorskip(module)
     code, _, err = run_cli(["export", str(text_run["run"]), "--out", str(tmp_path / "onnx"),
                             "--plugin", str(FIXTURE_PLUGINS / "text_pair.py")], capsys)
-    assert code == 2 and "ONNX export is for image models; the model in" in one_line(err)
-    assert "reads text input" in one_line(err)
+    line = one_line(err)
+    assert code == 1 and line.startswith("error: no text inputs to check the ONNX model on: the run's data ")
+    assert "has no test split — pass --images with a CSV of held-out inputs (a text column" in line
+    assert not (tmp_path / "onnx" / "model.onnx").exists()

