@@ -38,9 +38,15 @@ class Split:
     prefix: Callable[[torch.Tensor], torch.Tensor]
     rest: Callable[[torch.Tensor], torch.Tensor]
     prefix_names: FrozenSet[str]  # parameters (and the modules whose buffers) the prefix reads
+    #: A composite network's parts ("towers"): the prefix's output is theirs side by side, each cached
+    #: on its own (label, function, the parameters it reads; none: the part's raw input, not cached),
+    #: so a frozen image part's features serve every trial of that image source, whatever its text part.
+    parts: Tuple[Tuple[str, Callable[[torch.Tensor], torch.Tensor], FrozenSet[str]], ...] = ()
 
     @property
     def label(self) -> str:
+        if self.kind == "towers":
+            return "towers(" + ",".join(label for label, _, names in self.parts if names) + ")"
         return "probe" if self.kind == "probe" else f"partial@{self.cut}"
 
 
@@ -135,7 +141,7 @@ def plan_split(model: AdaptedModel, trainable: FrozenSet[int]) -> Optional[Split
     parts = _parts(module)
     n = len(model.groups)
     cut = min(trainable) if trainable else n
-    if parts is None or cut == 0:
+    if parts is None:
         return None
     net, prefix_path, pooled, classifier = parts
     training = {name for name, p in module.named_parameters() if p.requires_grad}
@@ -143,6 +149,10 @@ def plan_split(model: AdaptedModel, trainable: FrozenSet[int]) -> Optional[Split
     if cut >= n and training <= head_names:
         names = frozenset(name for name, _ in module.named_parameters() if name not in head_names)
         return Split("probe", n, pooled, classifier, names)
+    if model.towers:
+        return _tower_split(model, net, classifier, training) if prefix_path else None
+    if cut == 0:
+        return None
     found = _timm_atoms(net)
     if found is None or cut >= n:
         return None
@@ -158,6 +168,50 @@ def plan_split(model: AdaptedModel, trainable: FrozenSet[int]) -> Optional[Split
         if not set(covered) <= prefix_names:
             return None  # the groups do not fall on a stage boundary
     return None
+
+
+def _tower_split(model: AdaptedModel, net: nn.Module, classifier: nn.Module, training: set) -> Optional[Split]:
+    """A composite network whose parts are frozen whole (some, not all) is cut per part: each frozen
+    part's pooled features come from the cache, the others' raw inputs pass through and train. The
+    network says how its input splits (``autotl_tower_slices``: (start, end or None) per part), how a
+    part reads its slice (``autotl_tower_input(i, x)``), which module each part runs
+    (``autotl_tower_nets``) and how wide its features are (``autotl_tower_widths``); its output is the
+    parts' features concatenated in order."""
+    slices = getattr(net, "autotl_tower_slices", None)
+    nets = getattr(net, "autotl_tower_nets", None)
+    tower_widths = getattr(net, "autotl_tower_widths", None)
+    if slices is None or nets is None or tower_widths is None or len(slices) != len(model.towers):
+        return None
+    parts, frozen_names = [], set()
+    for i, ((tower, groups), (start, end)) in enumerate(zip(model.towers, slices)):
+        names = frozenset(name for g in groups for name in model.groups[g])
+        if names and not names & training:
+            parts.append((tower, (lambda x, i=i, a=start, b=end: nets[i](net.autotl_tower_input(i, x[:, a:b]))), names))
+            frozen_names |= names
+        else:
+            parts.append((tower, (lambda x, a=start, b=end: x[:, a:b]), frozenset()))
+    if not frozen_names:
+        return None
+    widths = [int(tower_widths[i]) if names else None for i, (_, _, names) in enumerate(parts)]
+
+    def prefix(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([fn(x) for _, fn, _ in parts], 1)
+
+    def rest(z: torch.Tensor) -> torch.Tensor:
+        raw = z.shape[1] - sum(w for w in widths if w is not None)
+        feats, at = [], 0
+        for i, width in enumerate(widths):
+            if width is not None:
+                feats.append(z[:, at:at + width])
+                at += width
+            else:
+                end = slices[i][1]
+                span = raw if end is None else end - slices[i][0]
+                feats.append(nets[i](net.autotl_tower_input(i, z[:, at:at + span])))
+                at += span
+        return classifier(torch.cat(feats, 1))
+
+    return Split("towers", len(model.groups), prefix, rest, frozenset(frozen_names), tuple(parts))
 
 
 @torch.no_grad()
@@ -309,14 +363,34 @@ class FeatureCache:
 
     def features(self, model: AdaptedModel, split: Split, data: Any, device: torch.device,
                  autocast: Any, batch_size: int = 256) -> torch.Tensor:
-        """The prefix's output for every image of ``data``, from the cache or computed now."""
+        """The prefix's output for every sample of ``data``, from the cache or computed now; a split by
+        parts caches each frozen part's features on its own and passes the others' inputs through."""
+        if split.parts:
+            outs = []
+            for label, fn, names in split.parts:
+                part = Split("part", 0, fn, fn, names)
+                outs.append(self._features(model, part, f"part:{label}", data, device, autocast, batch_size)
+                            if names else self._compute(model, fn, data, device, autocast, batch_size))
+            return torch.cat(outs, 1)
+        return self._features(model, split, split.label, data, device, autocast, batch_size)
+
+    def _features(self, model: AdaptedModel, split: Split, label: str, data: Any, device: torch.device,
+                  autocast: Any, batch_size: int) -> torch.Tensor:
         amp = getattr(autocast, "fast_dtype", None) if getattr(autocast, "_enabled", True) else None
-        key = hashlib.blake2b(json.dumps([prefix_fingerprint(model, split), split.label, data_digest(data),
+        key = hashlib.blake2b(json.dumps([prefix_fingerprint(model, split), label, data_digest(data),
                                           device.type, str(amp)]).encode(), digest_size=16).hexdigest()
         found = self.get(key)
         if found is not None:
             return found
         self.stats["misses"] += 1
+        feats = self._compute(model, split.prefix, data, device, autocast, batch_size)
+        self.put(key, feats)
+        return feats
+
+    @staticmethod
+    def _compute(model: AdaptedModel, prefix: Callable[[torch.Tensor], torch.Tensor], data: Any,
+                 device: torch.device, autocast: Any, batch_size: int) -> torch.Tensor:
+        """``prefix`` over every sample of ``data``, in eval mode, on the CPU."""
         from .streaming import sequential
 
         module = model.module
@@ -328,14 +402,12 @@ class FeatureCache:
                 if device.type == "cuda" and x.ndim == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast:
-                    outs.append(split.prefix(x).detach().to("cpu"))
+                    outs.append(prefix(x).detach().to("cpu"))
         if sum(len(o) for o in outs) != len(data):  # a streamed sample was unreadable: rows would not line up
             module.train(was_training)
             raise RuntimeError("a sample could not be read")
         module.train(was_training)
-        feats = torch.cat(outs) if outs else torch.zeros(0)
-        self.put(key, feats)
-        return feats
+        return torch.cat(outs) if outs else torch.zeros(0)
 
 
 def describe(cache: Optional[FeatureCache]) -> Dict[str, Any]:

@@ -83,13 +83,22 @@ def apply_freeze_depth(model: AdaptedModel, depth: float) -> List[str]:
 
 
 def frozen_norm_layers(module: nn.Module) -> List[nn.Module]:
-    """BatchNorm layers whose affine parameters are all frozen: they must stay in eval mode."""
+    """Layers that must stay in eval mode while the rest trains: BatchNorm layers whose affine
+    parameters are all frozen (their running statistics stay the source's), and dropout inside a
+    frozen block (a module whose own parameters are all frozen, e.g. a frozen BERT layer's attention
+    or output), so a frozen part computes the same features in every epoch, which is what the
+    feature cache serves, instead of noise no trained weight can use."""
     out = []
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             params = list(m.parameters(recurse=False))
             if params and not any(p.requires_grad for p in params):
                 out.append(m)
+        children = list(m.children())
+        own = list(m.parameters(recurse=False)) + [p for c in children if not isinstance(c, nn.modules.dropout._DropoutNd)
+                                                   for p in c.parameters(recurse=False)]
+        if own and not any(p.requires_grad for p in own):
+            out += [c for c in children if isinstance(c, nn.modules.dropout._DropoutNd)]
     return out
 
 

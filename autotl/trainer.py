@@ -232,7 +232,7 @@ class _Phase:
         if why is not None or getattr(self.train, "augmented", False):
             return None, why or "augmentation"
         groups = _phase_groups(self.model, self.params, name)
-        if 0 in groups:
+        if 0 in groups and not self.model.towers:  # a composite's later parts may be frozen still
             return None, "nothing frozen"
         split = plan_split(self.model, groups)
         if split is None:

@@ -189,15 +189,31 @@ def _module():
             self._groups = groups
             self.autotl_towers = [(PARTS[0], len(groups[0])), (PARTS[1], len(groups[1]))]
 
+        @property
+        def autotl_tower_slices(self) -> List[Tuple[int, Optional[int]]]:
+            """Where each part's input lies in a row (the feature cache cuts the network there)."""
+            return [(0, self.image_numel), (self.image_numel, None)]
+
+        @property
+        def autotl_tower_nets(self) -> List[nn.Module]:
+            return [self.image, self.text]
+
+        @property
+        def autotl_tower_widths(self) -> Tuple[int, ...]:
+            return self.widths
+
+        def autotl_tower_input(self, i: int, x):
+            """Part ``i``'s network input from its slice of a row: the image reshaped, the ids as ints."""
+            return x.reshape(len(x), *self.image_size) if i == 0 else x.round().long()
+
         def autotl_layer_groups(self) -> List[List[str]]:
             """The image part's layer groups, then the text part's, by their names in this network."""
             return [[f"image.{n}" for n in g] for g in self._groups[0]] + \
                    [[f"text.{n}" for n in g] for g in self._groups[1]]
 
         def forward(self, x):
-            image = x[:, :self.image_numel].reshape(len(x), *self.image_size)
-            ids = x[:, self.image_numel:].round().long()
-            return torch.cat([self.image(image), self.text(ids)], 1)
+            return torch.cat([self.image(self.autotl_tower_input(0, x[:, :self.image_numel])),
+                              self.text(self.autotl_tower_input(1, x[:, self.image_numel:]))], 1)
 
     return FusionBackbone
 
