@@ -156,22 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--storage", help="the search's storage URL, when it is not the run folder's journal")
     rf.add_argument("--device", default="auto")
 
-    r = sub.add_parser("predict", parents=[common], help="predict images (or texts) with a saved best model")
+    r = sub.add_parser("predict", parents=[common], help="predict images, texts or image+text pairs with a saved best model")
     r.add_argument("model", metavar="RUN_OR_MODEL_DIR")
     r.add_argument("images", nargs="+", metavar="IMAGES",
-                   help="image files or folders; for a text model, CSV files with a text column")
+                   help="image files or folders; for a text model, CSV files with a text column; for an image+text "
+                        "model, CSV files with image and text columns")
     r.add_argument("--out", metavar="preds.csv", help="write predictions to a CSV (default: print)")
     r.add_argument("--device", default="auto")
 
     x = sub.add_parser("export", parents=[common], help="export a saved best model to ONNX, checked against PyTorch",
                        description="Write DIR/model.onnx (the task's outputs, fp32, dynamic batch), config.json and "
-                                   "export.json: onnxruntime against PyTorch on up to 100 held-out images at batch "
+                                   "export.json: onnxruntime against PyTorch on up to 100 held-out inputs at batch "
                                    "sizes 1, 2, 5 and all. A difference above --tolerance is an error.")
     x.add_argument("model", metavar="RUN_OR_MODEL_DIR")
     x.add_argument("--format", default="onnx", help="the export format: onnx (the default and only one)")
     x.add_argument("--out", required=True, metavar="DIR", help="folder for model.onnx, config.json and export.json")
-    x.add_argument("--images", nargs="+", metavar="PATH", help="images (files or folders) to check parity on "
-                                                               "(default: the run's test split)")
+    x.add_argument("--images", nargs="+", metavar="PATH", help="images (files or folders), or for a text model CSV "
+                                                               "files of texts, to check parity on (default: the run's "
+                                                               "test split)")
     x.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest absolute difference in outputs that passes (default 1e-3)")
 
@@ -285,7 +287,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                   **_plugin_and_block_kwargs(args))
     agreement = "" if info["top1_agreement"] is None else f", top-1 agreement {info['top1_agreement']:.1%}"
     print(f"exported {info['exported_from']} to {info['model']} (opset {info['opset']})")
-    print(f"parity on {info['images']} image(s) ({info['image_source']}), batch sizes "
+    kind = "text(s)" if info.get("modality") == "text" else "image(s)"
+    print(f"parity on {info['images']} {kind} ({info['image_source']}), batch sizes "
           f"{', '.join(map(str, info['batch_sizes_checked']))}: max abs diff {info['max_abs_diff']:.2e} "
           f"(tolerance {info['tolerance']:g}){agreement}")
     print(f"wrote {os.path.join(args.out, 'config.json')} and {os.path.join(args.out, 'export.json')}")

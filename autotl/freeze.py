@@ -122,7 +122,8 @@ def _no_weight_decay(module: nn.Module) -> set:
 
 def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone_lr: str,
                            backbone_lr_mult: float = 1.0, layer_decay: float = 1.0,
-                           tower_lr_mults: Optional[Dict[str, float]] = None) -> List[Dict[str, Any]]:
+                           tower_lr_mults: Optional[Dict[str, float]] = None,
+                           backbone_scale: float = 1.0) -> List[Dict[str, Any]]:
     """Parameter groups with an ``lr_scale`` relative to the head's learning rate.
 
     ``multiplier``: every backbone parameter gets ``backbone_lr_mult``. ``layer_decay``: timm's
@@ -130,7 +131,8 @@ def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone
     ``layer_decay ** distance`` over autotl's layer groups. Biases, norms and the network's
     ``no_weight_decay()`` names get no weight decay. A composite network's parts (``model.towers``)
     count their layer-decay distance each from its own last group, and ``tower_lr_mults`` (by part)
-    scales a part's rates on top.
+    scales a part's rates on top. ``backbone_scale`` scales every backbone rate of a one-part network
+    (a text source's ``text_lr_mult``: its modality's multiplier).
     """
     module = model.module
     if backbone_lr == "layer_decay" and hasattr(module, "group_matcher"):
@@ -165,8 +167,8 @@ def optimizer_param_groups(model: AdaptedModel, *, weight_decay: float, backbone
             scale = layer_decay ** (last + 1 - group)
         else:
             scale = backbone_lr_mult
-        if name not in model.head and tower is not None:
-            scale *= (tower_lr_mults or {}).get(tower, 1.0)
+        if name not in model.head:
+            scale *= (tower_lr_mults or {}).get(tower, 1.0) if tower is not None else backbone_scale
         wd = 0.0 if (param.ndim <= 1 or name in skip_decay) else weight_decay
         buckets.setdefault((scale, wd), []).append(param)
     return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in buckets.items()]

@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .errors import TrialError, UsageError
-from .modality import modality_of
 from .freeze import (frozen_norm_layers, model_trainable_groups, optimizer_param_groups, set_train_mode, set_trainable,
                      tower_knob)
 from .model import AdaptedModel
+from .modality import modality_name, modality_of
 from .regularize import L2SP, set_drop_path
 from .selection import Selection
 from .tasks import Task, better
@@ -155,7 +155,9 @@ def make_optimizer(model: AdaptedModel, params: Any, *, epochs: int, steps_per_e
                                     backbone_lr_mult=1.0 if params.backbone_lr_mult is None else params.backbone_lr_mult,
                                     layer_decay=1.0 if params.layer_decay is None else params.layer_decay,
                                     tower_lr_mults={name: tower_knob(params, name, "lr_mult", 1.0)
-                                                    for name, _ in model.towers[1:]})
+                                                    for name, _ in model.towers[1:]},
+                                    backbone_scale=1.0 if model.towers else tower_knob(
+                                        params, modality_name(model.data_config), "lr_mult", 1.0))
     extra = {"momentum": 0.9 if params.momentum is None else params.momentum} if params.optimizer == "sgd" else {}
     optimizer = create_optimizer_v2(groups, opt=params.optimizer, lr=params.head_lr, weight_decay=params.weight_decay,
                                     **extra)

@@ -149,3 +149,18 @@ def parse_ints(text: str) -> List[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise SystemExit(f"expected comma-separated integers, got {text!r}") from None
+
+
+def fmt(x: Any, spec: str = ".3f") -> str:
+    """A number for a results table; a dash when there is none."""
+    return "—" if x is None else format(x, spec)
+
+
+def mean_sd(values: Sequence[float]) -> str:
+    """``mean ± sd`` of the seeds' values (sd 0 for one value); a dash when there are none."""
+    import statistics
+
+    if not values:
+        return "—"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"

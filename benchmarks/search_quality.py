@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping
 
 import _common
+from _common import fmt, mean_sd
 import peers
 import tasks as task_builders
 
@@ -223,17 +224,6 @@ def data_configs(plugins: Any, names: List[str]) -> Dict[str, Dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------- report
-
-def fmt(x: Any, spec: str = ".3f") -> str:
-    return "—" if x is None else format(x, spec)
-
-
-def mean_sd(values: List[float]) -> str:
-    if not values:
-        return "—"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
-
 
 def summarize(results: List[Dict[str, Any]], args: argparse.Namespace) -> List[str]:
     label = args.label or "autotl"

@@ -66,7 +66,7 @@ def space_file(tmp_path: Path, freeze: str = "{choices: [0.0, 1.0]}", text_freez
 def pair_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion")
     data = make_pairs_csv(root / "data")
-    result = autotl.search(str(data), space=str(space_file(root)), backbones="timm/test_resnet,text/test-bert",
+    result = autotl.search(str(data), space=str(space_file(root)), backbones="timm/test_resnet,timm/test_vit,text/test-bert",
                            trials=3, seed=0, device="cpu", out=str(root / "run"), default_trials=1, quiet=True)
     return {"result": result, "root": root, "data": data, "run": root / "run"}
 
@@ -164,14 +164,17 @@ def test_each_part_freezes_and_scales_its_rate_on_its_own():
 def test_an_image_text_search_writes_the_run_folder(pair_run):
     run = pair_run["run"]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["dataset"]["modality"] == "image+text" and summary["best"]["backbone"] == PAIR
+    pairs = {PAIR, "timm/test_vit+text/test-bert"}
+    assert summary["dataset"]["modality"] == "image+text" and summary["best"]["backbone"] in pairs
     assert summary["epochs_total"] >= 2
+    rank = json.loads((run / "rank.json").read_text())  # LogME / k-NN on the pairs' pooled features
+    assert set(rank["order"]) == pairs and not rank["skipped"]
     config = json.loads((run / "best" / "config.json").read_text())
-    assert config["format"] == "autotl" and config["source_model"] == PAIR
+    assert config["format"] == "autotl" and config["source_model"] == summary["best"]["backbone"]
     cfg = config["data_config"]
     assert cfg["modality"] == "image+text" and cfg["image"]["input_size"] == [3, 32, 32]
     assert cfg["input_size"] == [3 * 32 * 32 + cfg["text"]["max_length"]]
-    assert (run / "report.html").is_file() and PAIR in (run / "report.md").read_text()
+    assert (run / "report.html").is_file() and summary["best"]["backbone"] in (run / "report.md").read_text()
     assert (run / "refit" / "model.safetensors").is_file()
 
 

@@ -378,3 +378,31 @@ def test_onnx_export_of_a_text_run_without_a_test_split_asks_for_texts(text_run,
     assert code == 1 and line.startswith("error: no text inputs to check the ONNX model on: the run's data ")
     assert "has no test split — pass --images with a CSV of held-out inputs (a text column" in line
     assert not (tmp_path / "onnx" / "model.onnx").exists()
+
+
+def test_the_default_space_fine_tunes_text_encoders_at_bert_rates(plugins):
+    """On text the encoder trains at BERT's rates: the recipe at 1/50 of the head's 2e-3 (text_lr_mult
+    0.02 on top of the backbone's x1), the search's text_lr_mult within 0.01-0.3; image sources never
+    sample the knob. At the image range alone, MiniLM's trials stayed at chance."""
+    import optuna
+
+    from autotl.defaults import recipe_params
+    from autotl.model import build_model
+    from autotl.space import load_space_file, resolve_space
+    from autotl.trainer import make_optimizer
+
+    text = resolve_space(load_space_file("default"), plugins, backbones=["text/test-bert"], modality="text")
+    image = resolve_space(load_space_file("default"), plugins, backbones=["timm/test_resnet"])
+    recipe = recipe_params(text, "text/test-bert")
+    assert recipe["head_lr"] * recipe["backbone_lr_mult"] * recipe["text_lr_mult"] == pytest.approx(4e-5)
+    assert "text_lr_mult" not in recipe_params(image, "timm/test_resnet")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = [text.suggest(study.ask()) for _ in range(20)]
+    assert all(0.01 <= p.text_lr_mult <= 0.3 for p in sampled)
+    params = sampled[0]
+    model = build_model(plugins.sources.get("text/test-bert"), plugins.adapters.get("linear"), 2, {})
+    optimizer, _ = make_optimizer(model, params, epochs=2, steps_per_epoch=1)
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    encoder = {rates[id(p)] for n, p in model.module.named_parameters() if n not in model.head and id(p) in rates}
+    expected = params.head_lr * params.backbone_lr_mult * params.text_lr_mult
+    assert sorted(encoder) == pytest.approx([expected] * len(encoder)) and encoder

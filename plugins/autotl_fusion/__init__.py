@@ -86,6 +86,7 @@ class ImageTextModality:
     stored_dtype = np.uint8
     augments = True  # the image part's
     mixable = False  # token ids cannot be blended
+    onnx_input = "image_and_ids"  # an ONNX export's input: float (batch, image values + max_length)
 
     @staticmethod
     def _parts() -> Tuple[Any, Any]:
