@@ -22,12 +22,32 @@ from typing import Any, List, Optional, Sequence, Tuple
 SEPARATOR = "+"
 
 
-def composite_modality(name: str) -> Optional[Any]:
-    """The registered modality called ``name`` when it is a composite (has ``parts``), else None."""
+def composite_modality(name: str, plugins: Any = None) -> Optional[Any]:
+    """The registered modality called ``name`` when it is a composite (has ``parts``), else None.
+
+    Modalities are registered process-wide; with ``plugins`` given, a composite whose plugin is not
+    loaded there (``--block-plugin``) counts as missing.
+
+    Raises:
+        PluginError: the composite's plugin is not loaded in ``plugins``.
+    """
     from .modality import _MODALITIES
 
     modality = _MODALITIES.get(name)
-    return modality if modality is not None and getattr(modality, "parts", None) else None
+    if modality is None or not getattr(modality, "parts", None):
+        return None
+    pm = getattr(plugins, "pm", None)
+    if pm is not None and pm.get_plugin(_owner(modality)) is None:
+        from .errors import PluginError
+
+        raise PluginError(f"no loaded plugin provides the input modality {name!r}",
+                          f"load the plugin {_owner(modality)!r} (drop --block-plugin {_owner(modality)} if given)")
+    return modality
+
+
+def _owner(modality: Any) -> str:
+    """The plugin that registers a composite modality (its ``plugin``, else its top-level package)."""
+    return getattr(modality, "plugin", None) or type(modality).__module__.split(".")[0]
 
 
 def _composites() -> List[Any]:
@@ -53,9 +73,10 @@ def split_name(name: str, known: Sequence[str]) -> Optional[List[str]]:
     return None
 
 
-def compose_source(registry: Any, name: str) -> Optional[Tuple[Any, str]]:
+def compose_source(registry: Any, name: str, pm: Any = None) -> Optional[Tuple[Any, str]]:
     """The composite source called ``name`` and the plugin that owns it (its modality's), or None when
-    ``name`` does not join registered sources whose modalities are a registered composite's parts."""
+    ``name`` does not join registered sources whose modalities are a registered composite's parts (of a
+    plugin loaded in ``pm``, when given)."""
     from .types import source_modality
 
     parts = split_name(name, registry.names())
@@ -64,9 +85,8 @@ def compose_source(registry: Any, name: str) -> Optional[Tuple[Any, str]]:
     sources = [registry.get(p) for p in parts]
     kinds = tuple(source_modality(s) for s in sources)
     for modality in _composites():
-        if tuple(modality.parts) == kinds:
-            owner = getattr(modality, "plugin", None) or type(modality).__module__.split(".")[0]
-            return modality.join(sources), owner
+        if tuple(modality.parts) == kinds and (pm is None or pm.get_plugin(_owner(modality)) is not None):
+            return modality.join(sources), _owner(modality)
     return None
 
 

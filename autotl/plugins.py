@@ -71,7 +71,7 @@ class Plugins:
         from .composite import compose_source
 
         order = [name for name, plugin in self.pm.list_name_plugin() if plugin is not None]
-        self.sources.compose = lambda name: compose_source(self.sources, name)
+        self.sources.compose = lambda name: compose_source(self.sources, name, self.pm)
         for hook_name, registry in (
             ("autotl_register_source_models", self.sources),
             ("autotl_register_target_adapters", self.adapters),

@@ -523,7 +523,10 @@ def resolve_space(file: SpaceFile, plugins: Any, backbones: Optional[Sequence[st
     """
     include, exclude = (tuple(backbones), ()) if backbones else (file.include, file.exclude)
     key = "--backbones" if backbones else f"{file.path}: backbones"
-    composite = composite_modality(modality)
+    try:
+        composite = composite_modality(modality, plugins)
+    except PluginError as exc:
+        raise SpaceError(exc.what, exc.fix) from None
     if composite is not None:  # every combination of part sources (image+text: each image x each text source)
         include = tuple(piece for pattern in include for piece in pattern.split(SEPARATOR))
     try:
