@@ -287,7 +287,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                   **_plugin_and_block_kwargs(args))
     agreement = "" if info["top1_agreement"] is None else f", top-1 agreement {info['top1_agreement']:.1%}"
     print(f"exported {info['exported_from']} to {info['model']} (opset {info['opset']})")
-    kind = "text(s)" if info.get("modality") == "text" else "image(s)"
+    kind = {"image": "image(s)", "text": "text(s)"}.get(info.get("modality") or "image", "input(s)")
     print(f"parity on {info['images']} {kind} ({info['image_source']}), batch sizes "
           f"{', '.join(map(str, info['batch_sizes_checked']))}: max abs diff {info['max_abs_diff']:.2e} "
           f"(tolerance {info['tolerance']:g}){agreement}")

@@ -278,3 +278,27 @@ def test_the_feature_cache_serves_a_frozen_part_on_its_own(tmp_path, freeze, tex
     head = "head.weight"
     gap = (weights[0][head] - weights[1][head]).abs().max().item()
     assert gap < 0.1 * weights[1][head].abs().max().item()
+
+
+@pytest.mark.slow
+def test_an_image_text_model_exports_to_onnx_and_predicts_the_same(pair_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    rows = list(csv.DictReader(pair_run["data"].open()))[:6]
+    new = pair_run["data"].parent / "onnx_new.csv"
+    with new.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "text"])
+        writer.writerows([r["image"], r["text"]] for r in rows)
+    code, out, err = run_cli(["export", str(pair_run["run"]), "--format", "onnx", "--out", str(tmp_path / "onnx"),
+                              "--images", str(new)], capsys)
+    assert code == 0, err
+    assert "parity on 6 input(s)" in out
+    report = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert report["modality"] == "image+text" and report["max_abs_diff"] <= 1e-3
+    outs = {}
+    for name, model in (("torch", pair_run["run"]), ("onnx", tmp_path / "onnx")):
+        code, _, err = run_cli(["predict", str(model), str(new), "--out", str(tmp_path / f"{name}.csv")], capsys)
+        assert code == 0, err
+        outs[name] = list(csv.DictReader((tmp_path / f"{name}.csv").open()))
+    assert [r["label"] for r in outs["torch"]] == [r["label"] for r in outs["onnx"]]
+    assert all(abs(float(a["confidence"]) - float(b["confidence"])) < 1e-4 for a, b in zip(outs["torch"], outs["onnx"]))

@@ -205,7 +205,7 @@ def _module():
 
         def autotl_tower_input(self, i: int, x):
             """Part ``i``'s network input from its slice of a row: the image reshaped, the ids as ints."""
-            return x.reshape(len(x), *self.image_size) if i == 0 else x.round().long()
+            return x.reshape(-1, *self.image_size) if i == 0 else x.round().long()
 
         def autotl_layer_groups(self) -> List[List[str]]:
             """The image part's layer groups, then the text part's, by their names in this network."""
