@@ -164,3 +164,16 @@ def mean_sd(values: Sequence[float]) -> str:
         return "—"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+
+
+def add_run_args(p: Any, work: str) -> None:
+    """The arguments every zoo-using benchmark takes: the zoo and how to fill it, the work folder, the
+    device, torch threads and ``--append``."""
+    p.add_argument("--zoo", default=default_zoo(), help="zoo folder (default $AUTOTL_ZOO or ~/.cache/autotl/zoo)")
+    p.add_argument("--archs", default=",".join(DEMO_ARCHS),
+                   help="timm architectures pretrained into the zoo as digits-<arch> (default: the demo's three)")
+    p.add_argument("--pretrain-epochs", type=int, default=6, help="epochs for missing zoo models (default 6)")
+    p.add_argument("--work", default=work, help="folder for tasks and run folders")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (sets OMP_NUM_THREADS too)")
+    p.add_argument("--append", action="store_true", help="append the tables to benchmarks/RESULTS.md")

@@ -85,14 +85,7 @@ def parse_args(argv: List[str] | None = None) -> argparse.Namespace:
     p.add_argument("--default-trials", type=int, default=None,
                    help="autotl's default_trials (default: the space's own, 1 in `default`)")
     p.add_argument("--lite0-size", type=int, default=128, help="input size of the lite0 source (default 128)")
-    p.add_argument("--zoo", default=_common.default_zoo(), help="zoo folder (default $AUTOTL_ZOO or ~/.cache/autotl/zoo)")
-    p.add_argument("--archs", default=",".join(_common.DEMO_ARCHS),
-                   help="timm architectures pretrained into the zoo as digits-<arch> (default: the demo's three)")
-    p.add_argument("--pretrain-epochs", type=int, default=6, help="epochs for missing zoo models (default 6)")
-    p.add_argument("--work", default="runs/benchmarks/search_quality", help="folder for tasks and run folders")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (sets OMP_NUM_THREADS too)")
-    p.add_argument("--append", action="store_true", help="append the tables to benchmarks/RESULTS.md")
+    _common.add_run_args(p, work="runs/benchmarks/search_quality")
     args = p.parse_args(argv)
     args.task_list = [t.strip() for t in (args.tasks or ",".join(DEFAULT_TASKS[args.sources])).split(",") if t.strip()]
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]

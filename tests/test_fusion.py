@@ -36,6 +36,17 @@ def make_pairs_csv(root: Path, n: int = 48, seed: int = 0) -> Path:
     return root / "pairs.csv"
 
 
+def unlabelled_pairs(data: Path, n: int, name: str):
+    """The first ``n`` rows of a pairs CSV, and a CSV beside it with only their image and text columns."""
+    rows = list(csv.DictReader(data.open()))[:n]
+    new = data.parent / name
+    with new.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "text"])
+        writer.writerows([r["image"], r["text"]] for r in rows)
+    return rows, new
+
+
 SPACE = """
 epochs: 2
 min_epochs: 1
@@ -179,12 +190,7 @@ def test_an_image_text_search_writes_the_run_folder(pair_run):
 
 
 def test_predict_reads_an_unlabelled_image_text_csv(pair_run, tmp_path, capsys):
-    rows = list(csv.DictReader(pair_run["data"].open()))[:5]
-    new = pair_run["data"].parent / "new.csv"
-    with new.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "text"])
-        writer.writerows([r["image"], r["text"]] for r in rows)
+    rows, new = unlabelled_pairs(pair_run["data"], 5, "new.csv")
     out = tmp_path / "pred.csv"
     code, _, err = run_cli(["predict", str(pair_run["run"]), str(new), "--out", str(out)], capsys)
     assert code == 0, err
@@ -283,12 +289,7 @@ def test_the_feature_cache_serves_a_frozen_part_on_its_own(tmp_path, freeze, tex
 @pytest.mark.slow
 def test_an_image_text_model_exports_to_onnx_and_predicts_the_same(pair_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    rows = list(csv.DictReader(pair_run["data"].open()))[:6]
-    new = pair_run["data"].parent / "onnx_new.csv"
-    with new.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image", "text"])
-        writer.writerows([r["image"], r["text"]] for r in rows)
+    _, new = unlabelled_pairs(pair_run["data"], 6, "onnx_new.csv")
     code, out, err = run_cli(["export", str(pair_run["run"]), "--format", "onnx", "--out", str(tmp_path / "onnx"),
                               "--images", str(new)], capsys)
     assert code == 0, err
