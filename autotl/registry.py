@@ -9,6 +9,10 @@ from .errors import RegistryError
 
 T = TypeVar("T")
 
+#: Optional fields of a SourceModel or TargetAdapter that, when given, must be functions: checked at
+#: registration, so a plugin that passes a result instead of a function fails at load, not mid-search.
+OPTIONAL_CALLABLES = ("precheck", "plain_export", "build_untrained", "trains_backbone")
+
 
 def close_matches(name: str, names: Iterable[str]) -> str:
     """A ``did you mean ...?`` hint, or a list of what exists."""
@@ -54,10 +58,11 @@ class Registry(Generic[T]):
         if not callable(getattr(item, "build", None) or getattr(item, "attach", None) or getattr(item, "load", None)):
             raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} without a callable",
                                 "pass a function, not its result")
-        precheck = getattr(item, "precheck", None)
-        if precheck is not None and not callable(precheck):
-            raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} with a precheck that is not "
-                                "callable", "pass a function (or None) as precheck=")
+        for field_name in OPTIONAL_CALLABLES:
+            value = getattr(item, field_name, None)
+            if value is not None and not callable(value):
+                raise RegistryError(f"plugin {plugin!r} registered {self.kind} {name!r} with a {field_name} that is "
+                                    "not callable", f"pass a function (or None) as {field_name}=")
         if name in self._items:
             first, later = self._owner[name], plugin
             if later in self.load_order and first in self.load_order and \

@@ -307,3 +307,18 @@ def test_a_raising_observer_wrapper_is_named_in_a_warning(tmp_path):
     with pytest.warns(AutotlWarning, match="plugin 'badwrap' raised in autotl_search_finished: RuntimeError: "
                                            "after the others"):
         plugins.search_finished("result")
+
+
+@pytest.mark.parametrize("field_name", ["precheck", "plain_export", "build_untrained"])
+def test_a_source_whose_optional_hook_is_not_a_function_is_refused_at_load(tmp_path, field_name):
+    path = tmp_path / "not_a_function.py"
+    path.write_text(textwrap.dedent(f"""
+        from autotl import SourceModel, hookimpl
+        @hookimpl
+        def autotl_register_source_models(register):
+            register(SourceModel(name="mine/net", build=lambda: None, {field_name}={{"written": "already"}}))
+    """))
+    with pytest.raises(PluginError, match=f"registered source model 'mine/net' with a {field_name} that is not "
+                                          f"callable.*pass a function \\(or None\\) as {field_name}=") as info:
+        get_plugin_manager([str(path)])
+    assert "\n" not in str(info.value)
