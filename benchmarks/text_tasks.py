@@ -21,7 +21,7 @@ Tasks (``TASKS``), both 500 train, 200 val and 1,000 test rows with balanced lab
 - ``review-sentiment``: a text CSV (``text,label,split``, autotl's text format) of review snippets,
   label ``fresh`` or ``rotten`` (250/250 train, 100/100 val, 500/500 test). A real, small sentiment
   task: 500 training snippets is where a search over how to fine-tune a text encoder should pay off,
-  and a linear probe on frozen MiniLM mean-pooled features gets about 70-75 %, the bar to beat.
+  and a linear probe on frozen MiniLM mean-pooled features gets 0.68 on test (val 0.735), the bar to beat.
   ``test_unlabelled.csv`` beside it holds the test texts alone (one ``text`` column, in test order),
   for checking ``autotl predict``.
 - ``digit-review``: image+text (``image,text,label,split``, image paths relative to the CSV). Each row
