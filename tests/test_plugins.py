@@ -309,16 +309,22 @@ def test_a_raising_observer_wrapper_is_named_in_a_warning(tmp_path):
         plugins.search_finished("result")
 
 
-@pytest.mark.parametrize("field_name", ["precheck", "plain_export", "build_untrained"])
-def test_a_source_whose_optional_hook_is_not_a_function_is_refused_at_load(tmp_path, field_name):
+@pytest.mark.parametrize("kind, item, field_name", [
+    ("source model", "SourceModel(name='mine/net', build=lambda: None", "precheck"),
+    ("source model", "SourceModel(name='mine/net', build=lambda: None", "plain_export"),
+    ("source model", "SourceModel(name='mine/net', build=lambda: None", "build_untrained"),
+    ("target adapter", "TargetAdapter(name='mine/net', attach=lambda b, n, p: b", "trains_backbone"),
+])
+def test_an_optional_hook_that_is_not_a_function_is_refused_at_load(tmp_path, kind, item, field_name):
     path = tmp_path / "not_a_function.py"
+    hook = "autotl_register_source_models" if kind == "source model" else "autotl_register_target_adapters"
     path.write_text(textwrap.dedent(f"""
-        from autotl import SourceModel, hookimpl
+        from autotl import SourceModel, TargetAdapter, hookimpl
         @hookimpl
-        def autotl_register_source_models(register):
-            register(SourceModel(name="mine/net", build=lambda: None, {field_name}={{"written": "already"}}))
+        def {hook}(register):
+            register({item}, {field_name}={{"written": "already"}}))
     """))
-    with pytest.raises(PluginError, match=f"registered source model 'mine/net' with a {field_name} that is not "
+    with pytest.raises(PluginError, match=f"registered {kind} 'mine/net' with a {field_name} that is not "
                                           f"callable.*pass a function \\(or None\\) as {field_name}=") as info:
         get_plugin_manager([str(path)])
     assert "\n" not in str(info.value)
